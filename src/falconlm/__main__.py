@@ -1,0 +1,7 @@
+"""`python -m falconlm` (and `torchrun -m falconlm`) runs the CLI."""
+
+import sys
+
+from falconlm.cli import main
+
+sys.exit(main())

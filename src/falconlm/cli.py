@@ -1,0 +1,57 @@
+"""The `falconlm` command: a table of subcommands, each a module with `add_arguments` and `run`.
+
+Subcommand modules keep heavy imports (torch, trafilatura, ...) inside `run`, so
+`falconlm refine --help` starts fast and the data pipeline never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+# name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("falconlm.generate.cli", "generate text from a checkpoint directory"),
+    "convert": ("falconlm.model.cli", "create, inspect or re-shard a Falcon checkpoint directory"),
+    "demo": ("falconlm.demo", "run the end-to-end demo on bundled data"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(prog="falconlm", description="The Falcon LLM system end to end.")
+    from falconlm import __version__
+
+    parser.add_argument("--version", action="version", version=f"falconlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    from falconlm.errors import FalconError
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except FalconError as exc:
+        print(f"falconlm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"falconlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

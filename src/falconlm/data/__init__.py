@@ -1,0 +1,1 @@
+"""The RefinedWeb refinement pipeline. This package must never import torch."""
