@@ -1,0 +1,336 @@
+"""The Falcon model: one config, three block styles, HF module names and the HF fused-QKV layout.
+
+Block styles (falcon-facts B, C.7):
+  Falcon-7B    parallel attention + MLP off one LayerNorm, multi-query (1 KV head)
+  Falcon-40B   new_decoder_architecture: parallel, ln_attn + ln_mlp, grouped KV heads
+  Falcon-RW    sequential, input/post_attention LayerNorms, multi-head, ALiBi, biases
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from falconlm.model.config import FalconConfig
+from falconlm.model.kv_cache import KVCache
+
+_HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class FalconLinear(nn.Linear):
+    """Linear whose bias is added after the matmul, as TII trained (it rounds differently in bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def rope_cos_sin(config: FalconConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (B, 1, T, head_dim) for the half-split (NeoX) rotary convention."""
+    dim, base = config.head_dim, config.rope_theta
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "dynamic":
+        # Dynamic NTK (as transformers): grow the base once positions pass the trained length.
+        seq_len = int(positions.max()) + 1
+        if seq_len > config.max_position_embeddings:
+            factor = float(scaling["factor"])
+            base = base * ((factor * seq_len / config.max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=positions.device).float() / dim))
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin over the last dimension."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi slopes (BLOOM / Press et al.), including head counts that are not a power of two."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32)
+    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32))
+    if closest != num_heads:
+        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32)
+        remaining = min(closest, num_heads - closest)
+        slopes = torch.cat([slopes, torch.pow(extra_base, torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.int32))])
+    return slopes
+
+
+def alibi_bias(config: FalconConfig, key_positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, 1, S) bias already divided by sqrt(head_dim): Falcon adds ALiBi before the 1/sqrt(d) scale,
+    with slopes rounded to bfloat16 (falcon-facts C.6)."""
+    slopes = alibi_slopes(config.num_attention_heads).to(key_positions.device)
+    bias = slopes[None, :, None].bfloat16() * key_positions[:, None, :]
+    return (bias.to(dtype) / math.sqrt(config.head_dim))[:, :, None, :]
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class FalconAttention(nn.Module):
+    """Multi-head, multi-query or grouped-query attention over HF's fused QKV rows."""
+
+    def __init__(self, config: FalconConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = config.kv_heads
+        self.group = self.num_heads // self.kv_heads
+        self.head_dim = config.head_dim
+        self.query_key_value = FalconLinear(config.hidden_size, config.qkv_out_features, bias=config.bias)
+        self.dense = FalconLinear(config.hidden_size, config.hidden_size, bias=config.bias)
+
+    def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
+        b, t, _ = x.shape
+        # HF row layout: per KV group [q_0 .. q_{g-1}, k, v], head_dim rows each (falcon-facts C.2).
+        qkv = self.query_key_value(x).view(b, t, self.kv_heads, self.group + 2, self.head_dim)
+        q = qkv[:, :, :, : self.group].reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, self.group].transpose(1, 2)
+        v = qkv[:, :, :, self.group + 1].transpose(1, 2)
+        if ctx.cos is not None:
+            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v, ctx.slots)
+        out = self._attend(q, k, v, ctx)
+        return self.dense(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
+        b, h, t, d = q.shape
+        mask = ctx.mask
+        if t == 1 and not ctx.causal_only:
+            # One new token: the g query heads of a group share its K/V, so fold them into the
+            # query-length axis and attend to the cached KV heads without ever copying them.
+            qg = q.reshape(b, self.kv_heads, self.group, d)
+            if mask is not None and mask.shape[1] != 1:
+                mask = mask.reshape(b, self.kv_heads, self.group, -1)
+            return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, h, 1, d)
+        if self.group > 1 and not _HAS_ENABLE_GQA:
+            k = k.repeat_interleave(self.group, dim=1)
+            v = v.repeat_interleave(self.group, dim=1)
+        kwargs = {"enable_gqa": True} if self.group > 1 and _HAS_ENABLE_GQA else {}
+        if ctx.causal_only:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+
+
+class FalconMLP(nn.Module):
+    """dense_4h_to_h(gelu(dense_h_to_4h(x)))."""
+
+    def __init__(self, config: FalconConfig):
+        super().__init__()
+        self.dense_h_to_4h = FalconLinear(config.hidden_size, config.ffn_hidden_size, bias=config.bias)
+        self.dense_4h_to_h = FalconLinear(config.ffn_hidden_size, config.hidden_size, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))
+
+
+class FalconDecoderLayer(nn.Module):
+    """One block; its LayerNorm names depend on the style, exactly as in transformers."""
+
+    def __init__(self, config: FalconConfig, layer_idx: int):
+        super().__init__()
+        self.style = config.block_style
+        eps = config.layer_norm_epsilon
+        if self.style == "parallel-2ln":
+            self.ln_attn = nn.LayerNorm(config.hidden_size, eps=eps)
+            self.ln_mlp = nn.LayerNorm(config.hidden_size, eps=eps)
+        else:
+            self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
+            if self.style == "sequential":
+                self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.self_attention = FalconAttention(config, layer_idx)
+        self.mlp = FalconMLP(config)
+
+    def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
+        if self.style == "sequential":
+            x = x + self.self_attention(self.input_layernorm(x), ctx)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        if self.style == "parallel-2ln":
+            attn, mlp = self.self_attention(self.ln_attn(x), ctx), self.mlp(self.ln_mlp(x))
+        else:
+            h = self.input_layernorm(x)
+            attn, mlp = self.self_attention(h, ctx), self.mlp(h)
+        return x + (mlp + attn)
+
+
+class FalconModel(nn.Module):
+    """Embeddings, blocks and the final LayerNorm (HF's `transformer`)."""
+
+    def __init__(self, config: FalconConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.h = nn.ModuleList(FalconDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+
+
+class _ForwardContext:
+    """What every layer of one forward call shares: rotary tables, the mask, the cache slots."""
+
+    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots")
+
+    def __init__(self) -> None:
+        self.cos = self.sin = self.mask = self.cache = self.slots = None
+        self.causal_only = False
+
+
+# ----------------------------------------------------------------------------- the LM
+
+
+class FalconForCausalLM(nn.Module):
+    """Falcon with a tied language-model head. `model(input_ids)` returns logits (B, T, vocab)."""
+
+    def __init__(self, config: FalconConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = FalconModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.source_dir: str | None = None  # where from_pretrained read us (tokenizer files are copied on save)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.word_embeddings.weight
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    # ----- weights -----
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """HF's init: Linear/Embedding N(0, initializer_range), biases 0, LayerNorm 1/0."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.word_embeddings.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
+        return self.transformer.word_embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return self.transformer.word_embeddings.weight.device
+
+    def num_parameters(self) -> int:
+        """Parameters with tied weights counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ----- forward -----
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, logits_to_keep, vocab) for the last positions only.
+
+        attention_mask (B, T) marks real tokens (1) and padding (0); position ids then count real
+        tokens only, so a left-padded row gets the same logits as the row alone. With a cache,
+        only the new tokens are passed and their keys/values are appended to it.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return self.lm_head(hidden)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (after ln_f), (B, T, hidden)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+        b, t = input_ids.shape
+        device = input_ids.device
+        dtype = self.dtype
+        ctx = _ForwardContext()
+        valid = torch.ones(b, t, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.to(torch.bool)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        past = cache.length if cache is not None else 0
+        if position_ids is None:
+            seen = cache.valid[:, :past].sum(1, keepdim=True) if cache is not None else 0
+            position_ids = (seen + valid.long().cumsum(1) - 1).clamp_min(0)
+        if cache is not None:
+            ctx.cache, ctx.slots = cache, cache.reserve(position_ids, valid)
+            key_valid, key_pos = cache.valid[:, : past + t], cache.positions[:, : past + t]
+        else:
+            key_valid, key_pos = valid, position_ids
+        all_valid = bool(key_valid.all())
+        if self.config.rotary:
+            ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, dtype)
+        # Masks: the fast causal path when nothing is padded and nothing is cached.
+        if self.config.rotary and all_valid and past == 0 and t > 1:
+            ctx.causal_only = True
+        elif not (self.config.rotary and all_valid and t == 1):
+            allowed = key_valid[:, None, None, :]  # (B, 1, 1, S)
+            if t > 1:
+                q_slot = torch.arange(past, past + t, device=device)[:, None]
+                k_slot = torch.arange(past + t, device=device)[None, :]
+                # A padded query row still sees itself, so no row is fully masked (which gives NaN).
+                allowed = (allowed & (k_slot <= q_slot)) | (k_slot == q_slot)
+            if self.config.alibi:
+                bias = alibi_bias(self.config, key_pos * key_valid, dtype)
+                ctx.mask = bias.masked_fill(~allowed, torch.finfo(dtype).min)
+            else:
+                ctx.mask = allowed
+        x = self.transformer.word_embeddings(input_ids)
+        for layer in self.transformer.h:
+            x = layer(x, ctx)
+        return self.transformer.ln_f(x)
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        """A preallocated cache for `max_length` tokens per row."""
+        return KVCache(self.config, batch_size, max_length, self.dtype, self.device)
+
+    # ----- checkpoints (HF directory layout) -----
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> "FalconForCausalLM":
+        """Load an HF Falcon directory (ours or transformers'), tensor by tensor."""
+        from falconlm.model.checkpoint import load_pretrained
+
+        return load_pretrained(cls, directory, dtype=dtype, device=device)
+
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB", tokenizer_dir: str | os.PathLike | None = None) -> None:
+        """Write config.json, safetensors (sharded past max_shard_size), generation_config.json and tokenizer files."""
+        from falconlm.model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, max_shard_size=max_shard_size, tokenizer_dir=tokenizer_dir)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"style={c.block_style}, layers={c.num_hidden_layers}, heads={c.num_attention_heads}, kv_heads={c.kv_heads}, {'alibi' if c.alibi else 'rope'}"
+
+
+def build_model(config: FalconConfig, dtype: torch.dtype = torch.float32, device: Any = "cpu", seed: int | None = None) -> FalconForCausalLM:
+    """A randomly initialised model (HF's init) in the given dtype and device."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return FalconForCausalLM(config).to(dtype=dtype, device=device)

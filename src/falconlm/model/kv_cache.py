@@ -1,0 +1,46 @@
+"""A preallocated KV cache that stores only the real key/value heads.
+
+transformers broadcasts Falcon-40B's 8 KV heads to all 128 query heads before caching; we keep
+`config.kv_heads` heads (1 for Falcon-7B), and attention groups the query heads onto them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from falconlm.errors import FalconError
+from falconlm.model.config import FalconConfig
+
+
+class KVCache:
+    """Keys and values for every layer, plus each slot's position id and validity (for padding)."""
+
+    def __init__(self, config: FalconConfig, batch_size: int, max_length: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        shape = (config.num_hidden_layers, batch_size, config.kv_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.positions = torch.zeros(batch_size, max_length, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
+        self.max_length = max_length
+        self.length = 0  # slots filled so far (the same for every row: pads take slots too)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by keys and values."""
+        return self.keys.nbytes + self.values.nbytes
+
+    def reserve(self, positions: torch.Tensor, valid: torch.Tensor) -> slice:
+        """Claim the next T slots for a (B, T) chunk; returns the slice of slots now in use."""
+        t = positions.shape[1]
+        if self.length + t > self.max_length:
+            raise FalconError(f"KV cache is full: {self.length} + {t} tokens exceed its {self.max_length} slots")
+        start, self.length = self.length, self.length + t
+        self.positions[:, start : self.length] = positions
+        self.valid[:, start : self.length] = valid
+        return slice(start, self.length)
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor, slots: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, kv_heads, T, D) keys/values into `slots`; return the filled prefix."""
+        self.keys[layer, :, :, slots] = key
+        self.values[layer, :, :, slots] = value
+        return self.keys[layer, :, :, : slots.stop], self.values[layer, :, :, : slots.stop]
