@@ -1,0 +1,300 @@
+"""Packed token shards: documents encoded in parallel, `<|endoftext|>` after each, flat uint16/uint32 files.
+
+Layout of an output directory:
+  index.json               dtype, vocab size, eot id, tokenizer hash, per-split list of shards + token counts
+  train-00000.bin ...      raw little-endian token ids, whole documents only
+  val-00000.bin ...        the held-out split (a fixed fraction of documents, chosen by a hash of the text)
+  tokenizer/               a copy of the tokenizer files, so checkpoints can carry them
+  progress.json            while running: what is already on disk, so a killed run resumes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from falconlm.errors import FalconError
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class ShardInfo:
+    """One shard file: its name (relative to the index), token and document counts."""
+
+    file: str
+    tokens: int
+    docs: int
+
+
+@dataclass
+class ShardIndex:
+    """The JSON index of a token-shard directory."""
+
+    dtype: str
+    vocab_size: int
+    eot_id: int
+    tokenizer_hash: str
+    val_fraction: float
+    docs: int = 0
+    skipped_docs: int = 0
+    splits: dict[str, list[ShardInfo]] = field(default_factory=lambda: {"train": [], "val": []})
+
+    def tokens(self, split: str) -> int:
+        """Total tokens of a split."""
+        return sum(s.tokens for s in self.splits.get(split, []))
+
+    def to_dict(self) -> dict:
+        """JSON form."""
+        d = asdict(self)
+        d["tokens"] = {k: self.tokens(k) for k in self.splits}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardIndex":
+        """Inverse of to_dict."""
+        splits = {k: [ShardInfo(**s) for s in v] for k, v in d["splits"].items()}
+        keys = {"dtype", "vocab_size", "eot_id", "tokenizer_hash", "val_fraction", "docs", "skipped_docs"}
+        return cls(**{k: d[k] for k in keys if k in d}, splits=splits)
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike) -> "ShardIndex":
+        """Read DIR/index.json with a clear error when it is missing or incomplete."""
+        path = Path(data_dir) / INDEX_FILE
+        if not path.is_file():
+            hint = " (tokenization did not finish; rerun `falconlm tokenize` to resume)" if (Path(data_dir) / PROGRESS_FILE).exists() else ""
+            raise FalconError(f"{data_dir} is not a token-shard directory: no {INDEX_FILE}{hint}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (Falcon's 65,024 does), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def is_heldout(text: str, fraction: float) -> bool:
+    """Whether a document belongs to the held-out split: a fixed hash of its text, so reruns agree."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
+
+
+# -- worker side -----------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_file: str, dtype: str, val_fraction: float) -> None:
+    """Load the tokenizer once per worker process."""
+    from falconlm.tokenizer.falcon import FalconTokenizer
+
+    _WORKER["tok"] = FalconTokenizer.load(tokenizer_file)
+    _WORKER["dtype"] = np.dtype(dtype)
+    _WORKER["val"] = val_fraction
+
+
+def _encode_chunk(texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+    """Encode a chunk of documents: ids with the end-of-text id appended, and the split flag."""
+    tok = _WORKER["tok"]
+    out = []
+    for text, ids in zip(texts, tok.encode_batch(texts)):
+        arr = np.empty(len(ids) + 1, dtype=_WORKER["dtype"])
+        arr[:-1] = ids
+        arr[-1] = tok.eot_id
+        out.append((arr, is_heldout(text, _WORKER["val"])))
+    return out
+
+
+# -- writer ----------------------------------------------------------------------------------------
+def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for t in texts:
+        batch.append(t)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _atomic_write_bytes(path: Path, arrays: list[np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        for a in arrays:
+            fh.write(a.tobytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_token_shards(
+    corpus: list[str],
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    workers: int = 1,
+    shard_tokens: int = 100_000_000,
+    val_fraction: float = 0.005,
+    text_key: str = "text",
+    chunk_docs: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ShardIndex:
+    """Tokenize corpus files into packed shards + index.json; resumes a killed run from progress.json."""
+    from tqdm import tqdm
+
+    from falconlm.tokenizer.corpus import expand_paths, iter_texts
+    from falconlm.tokenizer.falcon import FalconTokenizer
+
+    if not 0 <= val_fraction < 1:
+        raise FalconError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise FalconError("--shard-tokens must be positive")
+    files = expand_paths(corpus)
+    tok = FalconTokenizer.load(tokenizer_dir)
+    tok_file = Path(tokenizer_dir) / "tokenizer.json" if Path(tokenizer_dir).is_dir() else Path(tokenizer_dir)
+    dtype = token_dtype(tok.vocab_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    job = {
+        "files": [str(f.resolve()) for f in files],
+        "sizes": [f.stat().st_size for f in files],
+        "tokenizer_hash": tok.fingerprint(),
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "text_key": text_key,
+    }
+    index = ShardIndex(dtype=dtype.name, vocab_size=tok.vocab_size, eot_id=tok.eot_id, tokenizer_hash=tok.fingerprint(), val_fraction=val_fraction)
+    if (out / INDEX_FILE).exists() and not overwrite:
+        done = ShardIndex.load(out)
+        if done.tokenizer_hash == index.tokenizer_hash:
+            log.info("%s already holds a finished tokenization; pass --overwrite to redo it", out)
+            print(f"{out} is already complete ({done.tokens('train'):,} train / {done.tokens('val'):,} val tokens); use --overwrite to redo")
+            return done
+        raise FalconError(f"{out} holds shards made with a different tokenizer; pass --overwrite or choose another --out")
+    docs_done = 0
+    prog_path = out / PROGRESS_FILE
+    if prog_path.exists() and not overwrite:
+        prog = json.loads(prog_path.read_text())
+        if prog.get("job") == job:
+            saved = ShardIndex.from_dict(prog["index"])
+            index.splits, index.docs, index.skipped_docs = saved.splits, saved.docs, saved.skipped_docs
+            docs_done = saved.docs + saved.skipped_docs
+            print(f"resuming: {docs_done:,} documents already in {sum(len(v) for v in index.splits.values())} shards")
+        else:
+            log.warning("%s: progress.json is from a different job; starting over", out)
+    if overwrite or docs_done == 0:
+        for old in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")) + [out / INDEX_FILE]:
+            old.unlink(missing_ok=True)
+        index.splits = {"train": [], "val": []}
+        index.docs = index.skipped_docs = 0
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+
+    buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    counts = {"train": [0, 0], "val": [0, 0]}  # tokens, docs
+
+    def flush() -> None:
+        for split in ("train", "val"):
+            if not buffers[split]:
+                continue
+            name = f"{split}-{len(index.splits[split]):05d}.bin"
+            _atomic_write_bytes(out / name, buffers[split])
+            index.splits[split].append(ShardInfo(name, counts[split][0], counts[split][1]))
+            buffers[split], counts[split] = [], [0, 0]
+        _atomic_write_json(prog_path, {"job": job, "index": index.to_dict()})
+
+    def texts() -> Iterator[str]:
+        skip = docs_done
+        for text in iter_texts(files, text_key=text_key):
+            if skip:
+                skip -= 1
+                continue
+            yield text
+
+    t0 = time.perf_counter()
+    new_tokens = 0
+    bar = tqdm(desc="tokenize", unit="doc", disable=not progress, initial=docs_done, dynamic_ncols=True)
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok_file), dtype.name, val_fraction)) if workers > 1 else None
+    try:
+        if pool is None:
+            _init_worker(str(tok_file), dtype.name, val_fraction)
+            results = map(_encode_chunk, _chunks(texts(), chunk_docs))
+        else:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            results = pool.imap(_encode_chunk, _chunks(texts(), chunk_docs))
+        for chunk in results:
+            for arr, held in chunk:
+                split = "val" if held else "train"
+                if len(arr) == 1:  # empty document: nothing but the separator
+                    index.skipped_docs += 1
+                    continue
+                buffers[split].append(arr)
+                counts[split][0] += len(arr)
+                counts[split][1] += 1
+                index.docs += 1
+                new_tokens += len(arr)
+                if counts["train"][0] >= shard_tokens:
+                    flush()
+            bar.update(len(chunk))
+            bar.set_postfix_str(f"{new_tokens / max(time.perf_counter() - t0, 1e-9) / 1e6:.2f} Mtok/s", refresh=False)
+        flush()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    tok_copy = out / "tokenizer"
+    tok_copy.mkdir(exist_ok=True)
+    tok.save(tok_copy)
+    _atomic_write_json(out / INDEX_FILE, index.to_dict())
+    prog_path.unlink(missing_ok=True)
+    if index.skipped_docs:
+        log.warning("skipped %d empty documents", index.skipped_docs)
+    return index
+
+
+def shard_path(data_dir: str | os.PathLike, info: ShardInfo) -> Path:
+    """Absolute path of a shard listed in an index."""
+    return Path(data_dir) / info.file
+
+
+def load_shard(data_dir: str | os.PathLike, info: ShardInfo, dtype: str) -> np.ndarray:
+    """Memory-map one shard read-only, checking its size against the index."""
+    path = shard_path(data_dir, info)
+    if not path.is_file():
+        raise FalconError(f"token shard {path} listed in {INDEX_FILE} is missing")
+    arr = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    if len(arr) != info.tokens:
+        raise FalconError(f"token shard {path} has {len(arr):,} tokens but {INDEX_FILE} says {info.tokens:,}")
+    return arr
+
+
+def copy_tokenizer_files(data_dir: str | os.PathLike, dest: str | os.PathLike) -> bool:
+    """Copy the shard directory's tokenizer files into a checkpoint directory; False when there are none."""
+    src = Path(data_dir) / "tokenizer"
+    if not (src / "tokenizer.json").is_file():
+        return False
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            shutil.copyfile(f, Path(dest) / f.name)
+    return True
