@@ -1,0 +1,338 @@
+"""MinHash dedup out of core, in four resumable stages (like datatrove's):
+
+1. signatures (one task per shard): shingles -> MinHash -> one 64-bit key per LSH band, written as
+   sorted (key, doc) runs per band group; a run is spilled whenever the buffer reaches half the
+   memory budget, so memory never depends on the shard size;
+2. buckets (one task per band group): k-way merge of every shard's runs, bounded by the budget;
+   documents sharing a key become pairs (first document, other document);
+3. clusters (one task): union-find over all pairs (memory grows with the number of *duplicate*
+   documents, not with the corpus); every non-root member is removed, the root — the cluster's
+   first document in input order — is kept;
+4. filter (one task per shard): copy the shard without its removed documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from falconlm.data.dedup.common import (
+    RemovedLog,
+    Resources,
+    global_id,
+    iter_shard,
+    output_path,
+    removed_dir,
+    size_of,
+    split_id,
+    stats_dict,
+    work_dir,
+)
+from falconlm.data.dedup.merge import merge_groups
+from falconlm.data.dedup.minhash import MinHashConfig, MinHasher, s_curve_table
+from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordReader, read_records, write_records
+from falconlm.data.dedup.shingles import shingles_batch
+from falconlm.data.dedup.unionfind import clusters_from_pairs
+from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.step import StepStats
+from falconlm.errors import FalconError
+
+BATCH_DOCS = 256  # documents signed together (amortises numpy call overhead)
+
+
+def band_groups(bands: int, groups: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) band ranges, one per bucket task."""
+    groups = max(1, min(groups, bands))
+    edges = np.linspace(0, bands, groups + 1).round().astype(int)
+    return [(int(edges[i]), int(edges[i + 1])) for i in range(groups)]
+
+
+def _sort_key_doc(rec: np.ndarray) -> np.ndarray:
+    return rec[np.lexsort((rec["doc"], rec["key"]))]
+
+
+@dataclass
+class SignatureTask:
+    """Sign one shard and write its sorted band-key runs."""
+
+    id: str
+    shard: int
+    path: str
+    work: str
+    config: dict
+    res: Resources
+    groups: int
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        cfg = MinHashConfig(**self.config)
+        hasher = MinHasher(cfg)
+        sig_dir = Path(self.work) / "signatures"
+        sig_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"s{self.shard:05d}."
+        for stale in sig_dir.glob(prefix + "*"):  # a killed attempt's runs: rewrite from scratch
+            stale.unlink()
+        ranges = band_groups(cfg.bands, self.groups)
+        buffers: list[list[np.ndarray]] = [[] for _ in ranges]
+        buffered = 0
+        runs = 0
+        limit = max(1 << 16, self.res.memory_bytes // 2)
+
+        def spill() -> None:
+            nonlocal buffered, runs
+            for g, parts in enumerate(buffers):
+                rec = _sort_key_doc(np.concatenate(parts)) if parts else np.empty(0, KEY_DOC)
+                write_records(sig_dir / f"{prefix}g{g:03d}.r{runs:04d}.bin", rec, sorted_=True)
+                parts.clear()
+            buffered = 0
+            runs += 1
+
+        n = unsigned = 0
+        texts: list[str] = []
+
+        def flush() -> None:
+            nonlocal buffered, unsigned
+            sh = shingles_batch(texts, cfg.ngram, cfg.tokenizer)
+            sigs, valid = hasher.signatures(sh)
+            unsigned += len(texts) - len(valid)
+            keys = hasher.band_keys(sigs)
+            docs = np.asarray([global_id(self.shard, n - len(texts) + int(i)) for i in valid], dtype=np.uint64)
+            for g, (lo, hi) in enumerate(ranges):
+                rec = np.empty(len(valid) * (hi - lo), dtype=KEY_DOC)
+                rec["key"] = keys[:, lo:hi].reshape(-1)
+                rec["doc"] = np.repeat(docs, hi - lo)
+                buffers[g].append(rec)
+                buffered += rec.nbytes
+            report_progress(docs=len(texts))
+            texts.clear()
+            if buffered >= limit:
+                spill()
+
+        for doc in iter_shard(self.path, self.res):
+            texts.append(doc.text)
+            n += 1
+            if len(texts) >= BATCH_DOCS:
+                flush()
+        if texts:
+            flush()
+        if buffered or runs == 0:
+            spill()
+        report_progress(nbytes=self.size_bytes)
+        return {"docs_read": n, "docs": n, "unsigned": unsigned, "runs": runs}
+
+
+@dataclass
+class BucketTask:
+    """Merge one band group across shards and write its duplicate pairs."""
+
+    id: str
+    group: int
+    work: str
+    res: Resources
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        sig_dir = Path(self.work) / "signatures"
+        files = sorted(sig_dir.glob(f"s*.g{self.group:03d}.r*.bin"))
+        chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
+        pairs: list[np.ndarray] = []
+        held = 0
+        n_pairs = 0
+        for block in merge_groups(files, KEY_DOC, chunk):
+            k, d = block["key"], block["doc"]
+            if len(k) < 2:
+                continue
+            same = np.concatenate([[False], k[1:] == k[:-1]])
+            if not same.any():
+                continue
+            # Index of each row's group start; pair every non-first row with its group's first doc.
+            start = np.maximum.accumulate(np.where(~same, np.arange(len(k)), 0))
+            p = np.empty(int(same.sum()), dtype=PAIR)
+            p["a"] = d[start[same]]
+            p["b"] = d[same]
+            pairs.append(p)
+            held += p.nbytes
+            if held > self.res.memory_bytes // 4:
+                pairs = [np.unique(np.concatenate(pairs))]
+                held = pairs[0].nbytes
+        out = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, PAIR)
+        n_pairs = len(out)
+        write_records(Path(self.work) / "buckets" / f"g{self.group:03d}.bin", out, sorted_=True)
+        return {"pairs": n_pairs, "files": len(files)}
+
+
+@dataclass
+class ClusterTask:
+    """Union-find over all pairs; write per-shard removal lists and the cluster summary."""
+
+    id: str
+    work: str
+    n_shards: int
+    groups: int
+    res: Resources
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        work = Path(self.work)
+        parts = [read_records(work / "buckets" / f"g{g:03d}.bin", PAIR) for g in range(self.groups)]
+        pairs = np.unique(np.concatenate(parts)) if parts else np.empty(0, PAIR)
+        members, roots = clusters_from_pairs(pairs["a"], pairs["b"])
+        removed = members != roots
+        rem = np.empty(int(removed.sum()), dtype=PAIR)
+        rem["a"], rem["b"] = members[removed], roots[removed]  # sorted by doc (np.unique order)
+        shard_of = (rem["a"] >> np.uint64(32)).astype(np.int64)
+        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
+        for s in range(self.n_shards):
+            write_records(work / "clusters" / f"remove.s{s:05d}.bin", rem[bounds[s] : bounds[s + 1]], sorted_=True)
+        # Cluster sizes: members per root.
+        uroots, sizes = np.unique(roots, return_counts=True)
+        hist = Counter(int(x) for x in sizes)
+        order = np.lexsort((uroots, -sizes))[: self.res.examples]
+        examples = []
+        for i in order:
+            ids = members[roots == uroots[i]][:5]
+            examples.append({"root": int(uroots[i]), "size": int(sizes[i]), "members": [int(x) for x in ids]})
+        summary = {
+            "pairs": int(len(pairs)),
+            "clusters": int(len(uroots)),
+            "documents_in_clusters": int(len(members)),
+            "removed": int(removed.sum()),
+            "cluster_size_histogram": {str(k): hist[k] for k in sorted(hist)},
+            "examples": examples,
+        }
+        tmp = work / f"clusters.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, work / "clusters.json")
+        return summary
+
+
+@dataclass
+class FilterTask:
+    """Copy one shard without the documents its removal list names."""
+
+    id: str
+    shard: int
+    path: str
+    out: str
+    work: str
+    res: Resources
+    example_docs: list
+    removed_dir: str = ""  # where to write the per-document removal record ("" = don't)
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        from falconlm.data.writers import ShardWriter
+
+        rem = read_records(Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin", PAIR)
+        root_of = {int(split_id(int(a))[1]): int(b) for a, b in zip(rem["a"], rem["b"])}
+        wanted = {int(x) for x in self.example_docs}
+        st = StepStats("minhash")
+        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+        examples = []
+        with ShardWriter(self.out, self.res.output_format) as w:
+            for i, doc in enumerate(iter_shard(self.path, self.res)):
+                st.docs_in += 1
+                st.chars_in += len(doc.text)
+                gid = global_id(self.shard, i)
+                if gid in wanted:
+                    examples.append({"doc": gid, "id": doc.id, "url": doc.url, "text": doc.text[:300]})
+                if i in root_of:
+                    st.dropped["minhash_duplicate"] += 1
+                    log.add({"id": doc.id, "stage": "minhash", "cluster": root_of[i], "kept": _ref(root_of[i])})
+                    continue
+                st.docs_out += 1
+                st.chars_out += len(doc.text)
+                w.write(doc)
+        log.close()
+        report_progress(docs=st.docs_in, nbytes=self.size_bytes)
+        return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
+
+
+def _ref(gid: int) -> str:
+    s, i = split_id(gid)
+    return f"shard {s} doc {i}"
+
+
+class MinHashStage:
+    """Fuzzy dedup as a recipe stage: inputs -> shards without near-duplicates."""
+
+    name = "minhash"
+
+    def __init__(self, config: MinHashConfig, res: Resources | None = None, bucket_groups: int = 0, verbose: bool = True):
+        config.validate()
+        self.config = config
+        self.res = res or Resources()
+        self.bucket_groups = bucket_groups
+        self.verbose = verbose
+
+    def groups(self, exec_workers: int) -> int:
+        """Bucket tasks: a setting, else enough to keep workers busy (<= bands)."""
+        return min(self.config.bands, self.bucket_groups or max(4, 2 * exec_workers))
+
+    def run(self, inputs: list[Path], ctx: Any):
+        """Run the four stages (each resumable) and return a StageResult."""
+        from falconlm.data.executor import StageResult
+
+        work = work_dir(ctx, self.name)
+        groups = self.groups(ctx.exec.workers)
+        check_settings(work, {"minhash": asdict(self.config), "groups": groups, "inputs": [str(p) for p in inputs]})
+        if self.verbose:
+            print(s_curve_table(self.config.bands, self.config.rows), flush=True)
+        out_dir = ctx.stage_dir(self.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.config)
+        sig = [SignatureTask(f"s{i:05d}", i, str(p), str(work), cfg, self.res, groups, size_of(p)) for i, p in enumerate(inputs)]
+        run_stage(Stage("minhash-signatures", sig, ctx.marker_dir("minhash-signatures")), ctx.exec)
+        buckets = [BucketTask(f"g{g:03d}", g, str(work), self.res) for g in range(groups)]
+        run_stage(Stage("minhash-buckets", buckets, ctx.marker_dir("minhash-buckets")), ctx.exec)
+        [summary] = run_stage(
+            Stage("minhash-clusters", [ClusterTask("clusters", str(work), len(inputs), groups, self.res)], ctx.marker_dir("minhash-clusters")),
+            ctx.exec,
+        )
+        example_docs = [m for ex in summary["examples"] for m in ex["members"]]
+        outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
+        filt = [
+            FilterTask(
+                f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res,
+                [d for d in example_docs if split_id(d)[0] == i], removed_dir(ctx, self.name, self.res), size_of(p),
+            )
+            for i, p in enumerate(inputs)
+        ]
+        results = run_stage(Stage("minhash-filter", filt, ctx.marker_dir("minhash-filter")), ctx.exec)
+        total = StepStats("minhash")
+        by_doc = {}
+        for r in results:
+            total.merge(StepStats.from_dict(r["stats"]))
+            for e in r["examples"]:
+                by_doc[e["doc"]] = e
+        examples = [
+            {"cluster": ex["root"], "size": ex["size"], "documents": [by_doc[m] for m in ex["members"] if m in by_doc]}
+            for ex in summary["examples"]
+        ]
+        extra = {
+            "clusters": summary["clusters"],
+            "pairs": summary["pairs"],
+            "cluster_size_histogram": summary["cluster_size_histogram"],
+            "settings": {"bands": self.config.bands, "rows": self.config.rows, "ngram": self.config.ngram},
+        }
+        return StageResult(outputs=outs, stats=[stats_dict(total, **extra)], examples={"minhash_duplicate": examples})
+
+
+def check_settings(work: Path, settings: dict) -> None:
+    """Refuse to resume a run directory made with other settings (its markers would lie)."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "settings.json"
+    text = json.dumps(settings, sort_keys=True, indent=1, default=str)
+    if path.exists():
+        if path.read_text(encoding="utf-8") != text:
+            raise FalconError(f"{work} holds a run with other dedup settings or inputs; use a new --out directory or delete it")
+        return
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
