@@ -1,0 +1,1 @@
+"""Package data: the bundled sample WARC and the default URL lists."""

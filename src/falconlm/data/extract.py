@@ -1,0 +1,114 @@
+"""HTML -> text: trafilatura (the paper's choice) or resiliparse (much faster), then RefinedWeb's
+post-processing (at most two consecutive newlines, URLs removed), under a per-document time limit."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+from dataclasses import dataclass
+
+from falconlm.data.document import Document
+from falconlm.data.step import PipelineStep
+from falconlm.errors import FalconError
+
+EXTRACTORS = ("trafilatura", "resiliparse")
+
+# Absolute URLs (scheme or www.), e-mail-free: RefinedWeb removes "all URLs" from the text.
+_URL = re.compile(r"(?:\b[a-zA-Z][a-zA-Z0-9+.-]{1,10}://|\bwww\.)[^\s<>\"'\u00a0]+")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+_TRAILING_SPACE = re.compile(r"[ \t]+\n")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Which extractor, its time limit, and the paper's post-processing switches."""
+
+    extractor: str = "trafilatura"
+    timeout_s: float = 1.0  # per document; 0 disables (datatrove's default is 1 s as well)
+    max_newlines: int = 2
+    remove_urls: bool = True
+    # trafilatura settings as in datatrove's RefinedWeb-style example (paper: UNCONFIRMED)
+    favor_precision: bool = True
+    include_comments: bool = False
+    deduplicate: bool = True
+
+
+class ExtractTimeout(Exception):
+    """Raised inside the extractor when the per-document alarm fires."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise ExtractTimeout()
+
+
+def postprocess(text: str, max_newlines: int = 2, remove_urls: bool = True) -> str:
+    """RefinedWeb's regex clean-up: drop URLs, collapse runs of newlines, strip."""
+    if remove_urls:
+        text = _URL.sub("", text)
+    text = _TRAILING_SPACE.sub("\n", text)
+    if max_newlines > 0:
+        pattern = _MANY_NEWLINES if max_newlines == 2 else re.compile("\n{%d,}" % (max_newlines + 1))
+        text = pattern.sub("\n" * max_newlines, text)
+    return text.strip()
+
+
+def extract_text(html: str, config: ExtractConfig) -> str | None:
+    """Main text of an HTML page with the configured extractor (no post-processing, no limit)."""
+    if config.extractor == "trafilatura":
+        import trafilatura
+
+        return trafilatura.extract(
+            html,
+            favor_precision=config.favor_precision,
+            include_comments=config.include_comments,
+            deduplicate=config.deduplicate,
+        )
+    if config.extractor == "resiliparse":
+        from resiliparse.extract.html2text import extract_plain_text
+
+        return extract_plain_text(
+            html, main_content=True, preserve_formatting=True, alt_texts=False, list_bullets=True
+        )
+    raise FalconError(f"unknown extractor {config.extractor!r}: choose one of {', '.join(EXTRACTORS)}")
+
+
+class Extract(PipelineStep):
+    """Replace the HTML in `doc.text` by its extracted, post-processed main text."""
+
+    name = "extract"
+
+    def __init__(self, config: ExtractConfig | None = None) -> None:
+        self.config = config or ExtractConfig()
+        if self.config.extractor not in EXTRACTORS:
+            raise FalconError(f"unknown extractor {self.config.extractor!r}: choose one of {', '.join(EXTRACTORS)}")
+        # A SIGALRM-based limit costs nothing per document (no sandbox process, no pickling), but
+        # only works in a process's main thread; elsewhere the limit is skipped.
+        self._use_alarm = self.config.timeout_s > 0 and threading.current_thread() is threading.main_thread()
+
+    def process(self, doc: Document) -> Document | str:
+        """Extract; drop on timeout, error or empty result."""
+        try:
+            if self._use_alarm:
+                old = signal.signal(signal.SIGALRM, _on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, self.config.timeout_s)
+                try:
+                    text = extract_text(doc.text, self.config)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, old)
+            else:
+                text = extract_text(doc.text, self.config)
+        except ExtractTimeout:
+            return "timeout"
+        except FalconError:
+            raise
+        except Exception:  # lxml/resiliparse raise assorted errors on broken markup
+            return "extract_error"
+        if not text:
+            return "empty"
+        text = postprocess(text, self.config.max_newlines, self.config.remove_urls)
+        if not text:
+            return "empty"
+        doc.text = text
+        return doc

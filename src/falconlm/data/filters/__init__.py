@@ -1,0 +1,1 @@
+"""Per-document filters of the RefinedWeb recipe."""

@@ -1,0 +1,97 @@
+"""Document-wise quality filters: the Gopher quality rules (Rae et al. App. A.1.1) with
+datatrove's semantics (falcon-facts A.5), so decisions agree with `GopherQualityFilter`."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+
+from falconlm.data.document import Document
+from falconlm.data.filters.words import words_of
+from falconlm.data.step import PipelineStep
+
+STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Gopher thresholds; set one to None to switch its rule off."""
+
+    min_doc_words: int | None = 50
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: float | None = 3
+    max_avg_word_length: float | None = 10
+    max_symbol_word_ratio: float | None = 0.1  # '#' and ellipsis, each, per word
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    min_alpha_words_ratio: float | None = 0.8
+    min_stop_words: int | None = 2
+    stop_words: tuple[str, ...] = STOP_WORDS
+
+
+@lru_cache(maxsize=65536)
+def is_symbol_char(ch: str) -> bool:
+    """Punctuation or symbol (Unicode categories P* and S*) or a control character."""
+    cat = unicodedata.category(ch)
+    return cat[0] in "PS" or cat == "Cc"
+
+
+def is_symbol_word(word: str) -> bool:
+    """A token made only of punctuation/symbols (datatrove: no char outside its punctuation set)."""
+    return all(is_symbol_char(ch) for ch in word)
+
+
+def quality_reason(text: str, words: list[str], config: QualityConfig) -> str | None:
+    """The first Gopher quality rule the text breaks (datatrove's order and names), or None."""
+    c = config
+    n_words = len(words)
+    content = [w for w in words if not is_symbol_word(w)]
+    n_content = len(content)
+    if c.min_doc_words and n_content < c.min_doc_words:
+        return "gopher_short_doc"
+    if c.max_doc_words and n_content > c.max_doc_words:
+        return "gopher_long_doc"
+    if n_content:
+        avg = sum(map(len, content)) / n_content
+        if c.min_avg_word_length and avg < c.min_avg_word_length:
+            return "gopher_below_avg_threshold"
+        if c.max_avg_word_length and avg > c.max_avg_word_length:
+            return "gopher_above_avg_threshold"
+    if n_words == 0:
+        return "gopher_short_doc"
+    if c.max_symbol_word_ratio and text.count("#") / n_words > c.max_symbol_word_ratio:
+        return "gopher_too_many_hashes"
+    if c.max_symbol_word_ratio and (text.count("...") + text.count("…")) / n_words > c.max_symbol_word_ratio:
+        return "gopher_too_many_ellipsis"
+    lines = text.splitlines() or [""]
+    if c.max_bullet_lines_ratio:
+        bullets = sum(1 for s in lines if s.lstrip().startswith(("•", "-")))
+        if bullets / len(lines) > c.max_bullet_lines_ratio:
+            return "gopher_too_many_bullets"
+    if c.max_ellipsis_lines_ratio:
+        ell = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
+        if ell / len(lines) > c.max_ellipsis_lines_ratio:
+            return "gopher_too_many_end_ellipsis"
+    if c.min_alpha_words_ratio:
+        alpha = sum(1 for w in words if any(ch.isalpha() for ch in w))
+        if alpha / n_words < c.min_alpha_words_ratio:
+            return "gopher_below_alpha_threshold"
+    if c.min_stop_words:
+        if len(set(c.stop_words).intersection(words)) < c.min_stop_words:
+            return "gopher_enough_stop_words"
+    return None
+
+
+class QualityFilter(PipelineStep):
+    """Drop documents failing the Gopher quality heuristics."""
+
+    name = "quality"
+
+    def __init__(self, config: QualityConfig | None = None) -> None:
+        self.config = config or QualityConfig()
+
+    def process(self, doc: Document) -> Document | str:
+        """Keep or return the first broken rule."""
+        reason = quality_reason(doc.text, words_of(doc.text), self.config)
+        return doc if reason is None else reason
