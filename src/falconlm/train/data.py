@@ -103,3 +103,13 @@ def heldout_windows(data_dir: str | os.PathLike, seq_len: int, count: int) -> np
     w = TokenWindows(data_dir, "val", seq_len)
     n = max(1, min(count, (w.tokens - 1) // seq_len))
     return w.sequential_windows(0, n)
+
+
+def unigram_entropy(data_dir: str | os.PathLike, split: str = "train") -> float:
+    """Entropy (nats/token) of the split's token frequencies: the loss of the best context-free model."""
+    index = ShardIndex.load(data_dir)
+    counts = np.zeros(index.vocab_size, dtype=np.int64)
+    for s in index.splits.get(split, []):
+        counts += np.bincount(load_shard(data_dir, s, index.dtype), minlength=index.vocab_size)[: index.vocab_size]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -1,0 +1,154 @@
+"""Training checkpoints: an HF Falcon directory (weights, config, tokenizer) plus the trainer state.
+
+    OUT/checkpoints/step-00000100/   config.json, model.safetensors, generation_config.json, tokenizer files,
+                                     trainer_state.pt (optimizer, step, tokens, samples), rng-rank{R}.pt
+    OUT/checkpoints/latest           name of the newest complete checkpoint
+
+A checkpoint is assembled in `.tmp-step-...` and renamed into place only when every rank has
+written its part, so a process killed mid-save leaves the previous checkpoint as the newest one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from falconlm.errors import FalconError
+from falconlm.train.distributed import DistEnv, barrier
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+TRAINER_STATE = "trainer_state.pt"
+
+
+def step_name(step: int) -> str:
+    """Directory name of a step's checkpoint."""
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory, or None."""
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return None
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / TRAINER_STATE).is_file():
+            return cand
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / TRAINER_STATE).is_file())
+    return steps[-1][1] if steps else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process uses."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() captured."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state dicts keyed by parameter names (rank 0 holds them under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a full (unsharded) optimizer state into a possibly wrapped/sharded model's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _shell_model(config, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A FalconForCausalLM that owns the given tensors (built on the meta device, so nothing is copied)."""
+    from falconlm.model.falcon import FalconForCausalLM
+
+    with torch.device("meta"):
+        shell = FalconForCausalLM(config)
+    shell.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        shell.lm_head.weight = shell.transformer.word_embeddings.weight
+    missing = [n for n, p in shell.named_parameters() if p.is_meta]
+    if missing:
+        raise FalconError(f"checkpoint state is missing tensors: {', '.join(missing[:5])}")
+    return shell
+
+
+def save_checkpoint(
+    ckpt_dir: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config,
+    trainer: dict[str, Any],
+    env: DistEnv,
+    keep_last: int,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write a complete checkpoint atomically (all ranks call this), then keep only the newest keep_last."""
+    root = Path(ckpt_dir)
+    final = root / step_name(step)
+    tmp = root / f".tmp-{step_name(step)}"
+    model_sd, optim_sd = full_state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier(env)
+    torch.save(rng_state(), tmp / f"rng-rank{env.rank}.pt")
+    if env.is_main:
+        _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
+        torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
+    barrier(env)
+    if env.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = root / ".latest.tmp"
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, root / "latest")
+        steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))
+        for old in steps[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(env)
+    return final
+
+
+def load_trainer_state(ckpt: Path, env: DistEnv) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The trainer state and this rank's RNG state (None when the world size changed)."""
+    try:
+        trainer = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise FalconError(f"cannot read {ckpt / TRAINER_STATE} ({exc})") from exc
+    rng_file = ckpt / f"rng-rank{env.rank}.pt"
+    rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() and trainer.get("world_size") == env.world else None
+    return trainer, rng
+
+
+def clean_stale(ckpt_dir: str | os.PathLike, env: DistEnv) -> None:
+    """Remove half-written checkpoints left by a killed run."""
+    if env.is_main and Path(ckpt_dir).is_dir():
+        for p in Path(ckpt_dir).glob(".tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    barrier(env)
