@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("falconlm.model.cli", "create, inspect or re-shard a Falcon checkpoint directory"),
     "demo": ("falconlm.demo", "run the end-to-end demo on bundled data"),
     "refine": ("falconlm.data.cli", "refine raw web pages (WARC/JSONL/Parquet) into clean text shards (RefinedWeb)"),
+    "dedup": ("falconlm.data.dedup.cli", "deduplicate JSONL/Parquet shards: MinHash LSH, exact substrings, URLs"),
     "train-tokenizer": ("falconlm.tokenizer.cli", "train a Falcon-style byte-level BPE tokenizer on a corpus"),
     "tokenize": ("falconlm.train.tokenize_cli", "encode a corpus into packed token shards + index"),
     "pretrain": ("falconlm.train.cli", "pretrain a Falcon model (one process or torchrun DDP/FSDP2)"),

@@ -1,0 +1,246 @@
+"""URL dedup: keep the first document of each normalised URL across shards, and drop URLs kept by
+earlier runs through a persistent index (RefinedWeb's "URLs of samples kept from earlier parts").
+
+Stages: keys (per shard: sorted (url hash, doc) records) -> decide (one task: bounded k-way merge
+of all shards and of the index; first document per URL kept; new index file written) -> filter.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import xxhash
+
+from falconlm.data.dedup.common import (
+    RemovedLog,
+    Resources,
+    global_id,
+    iter_shard,
+    output_path,
+    removed_dir,
+    size_of,
+    split_id,
+    stats_dict,
+    work_dir,
+)
+from falconlm.data.dedup.merge import merge_groups
+from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, read_records, write_records
+from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
+from falconlm.data.step import StepStats
+
+INDEX_DOC = np.uint64(2**64 - 1)  # "doc" of index records: sorts after every real document
+_TRACKING = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def normalize_url(url: str) -> str:
+    """Canonical form for URL dedup: scheme-less, lowercase host without www. and default port,
+    no fragment, no tracking parameters, sorted query, no trailing slash."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port
+    except ValueError:  # a malformed port or IPv6 literal: compare the raw string
+        return url.lower()
+    if host.startswith("www."):
+        host = host[4:]
+    scheme = parts.scheme.lower()
+    netloc = host if port is None or str(port) == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not k.lower().startswith(_TRACKING))
+    path = parts.path.rstrip("/") or ""
+    return urlunsplit(("", netloc, path, urlencode(query), ""))[2:]
+
+
+def url_key(url: str) -> int:
+    """64-bit hash of the normalised URL."""
+    return xxhash.xxh64_intdigest(normalize_url(url).encode("utf-8"))
+
+
+@dataclass
+class UrlDedupConfig:
+    """URL dedup settings: where the persistent index of kept URLs lives (None: this run only)."""
+
+    index: str | None = None
+    update_index: bool = True  # add this run's kept URLs to the index
+
+    def to_dict(self) -> dict:
+        """Resolved form."""
+        return asdict(self)
+
+
+@dataclass
+class UrlKeyTask:
+    """Hash one shard's URLs into sorted (key, doc) records."""
+
+    id: str
+    shard: int
+    path: str
+    work: str
+    res: Resources
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        keys, docs = [], []
+        n = 0
+        for i, doc in enumerate(iter_shard(self.path, self.res)):
+            n += 1
+            if doc.url:
+                keys.append(url_key(doc.url))
+                docs.append(global_id(self.shard, i))
+        rec = np.empty(len(keys), KEY_DOC)
+        rec["key"], rec["doc"] = keys, docs
+        rec = rec[np.lexsort((rec["doc"], rec["key"]))]
+        write_records(Path(self.work) / "keys" / f"s{self.shard:05d}.bin", rec, sorted_=True)
+        report_progress(docs=n, nbytes=self.size_bytes)
+        return {"docs_read": n, "with_url": len(keys)}
+
+
+def index_files(index: str | None, exclude_run: str) -> list[Path]:
+    """Index files of earlier runs (this run's own file excluded, so a resumed run is unaffected)."""
+    if not index or not os.path.isdir(index):
+        return []
+    return sorted(p for p in Path(index).glob("urls-*.bin") if p.name != f"urls-{exclude_run}.bin")
+
+
+@dataclass
+class UrlDecideTask:
+    """Merge all shards' keys with the index: first document per URL wins."""
+
+    id: str
+    work: str
+    n_shards: int
+    config: dict
+    run_id: str
+    res: Resources
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        cfg = UrlDedupConfig(**self.config)
+        work = Path(self.work)
+        files = [work / "keys" / f"s{s:05d}.bin" for s in range(self.n_shards)] + index_files(cfg.index, self.run_id)
+        chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
+        removed: list[np.ndarray] = []
+        new_index = None
+        if cfg.index and cfg.update_index:
+            Path(cfg.index).mkdir(parents=True, exist_ok=True)
+            new_index = RecordWriter(Path(cfg.index) / f"urls-{self.run_id}.bin", KEY_DOC, sorted_=True)
+        seen_before = dup = kept = 0
+        for block in merge_groups(files, KEY_DOC, chunk):
+            k, d = block["key"], block["doc"]
+            first = np.concatenate([[True], k[1:] != k[:-1]])
+            grp = np.cumsum(first) - 1
+            # A group containing an index record: every real document of it was kept earlier.
+            in_index = np.zeros(int(grp[-1]) + 1 if len(grp) else 0, dtype=bool)
+            in_index[grp[d == INDEX_DOC]] = True
+            real = d != INDEX_DOC
+            drop_old = real & in_index[grp]
+            drop_dup = real & ~first & ~in_index[grp]
+            seen_before += int(drop_old.sum())
+            dup += int(drop_dup.sum())
+            keep = real & first & ~in_index[grp]
+            kept += int(keep.sum())
+            drop = drop_old | drop_dup
+            r = np.empty(int(drop.sum()), PAIR)
+            r["a"], r["b"] = d[drop], np.where(drop_old[drop], 1, 0)
+            removed.append(r)
+            if new_index is not None and keep.any():
+                rec = np.empty(int(keep.sum()), KEY_DOC)
+                rec["key"], rec["doc"] = k[keep], INDEX_DOC
+                new_index.write(rec)
+        rem = np.concatenate(removed) if removed else np.empty(0, PAIR)
+        rem = rem[np.argsort(rem["a"], kind="stable")]
+        shard_of = (rem["a"] >> np.uint64(32)).astype(np.int64)
+        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
+        for s in range(self.n_shards):
+            write_records(work / "remove" / f"s{s:05d}.bin", rem[bounds[s] : bounds[s + 1]], sorted_=True)
+        if new_index is not None:
+            new_index.close()  # last: a crash before this leaves the index untouched
+        return {"kept_urls": kept, "duplicates": dup, "seen_in_earlier_runs": seen_before}
+
+
+@dataclass
+class UrlFilterTask:
+    """Copy one shard without its URL duplicates."""
+
+    id: str
+    shard: int
+    path: str
+    out: str
+    work: str
+    res: Resources
+    removed_dir: str = ""
+    size_bytes: int = 0
+
+    def run(self) -> dict[str, Any]:
+        from falconlm.data.writers import ShardWriter
+
+        rem = read_records(Path(self.work) / "remove" / f"s{self.shard:05d}.bin", PAIR)
+        reason = {split_id(int(a))[1]: ("url_seen_in_earlier_run" if int(b) else "url_duplicate") for a, b in zip(rem["a"], rem["b"])}
+        st = StepStats("url_dedup")
+        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+        examples = []
+        with ShardWriter(self.out, self.res.output_format) as w:
+            for i, doc in enumerate(iter_shard(self.path, self.res)):
+                st.docs_in += 1
+                st.chars_in += len(doc.text)
+                if i in reason:
+                    st.dropped[reason[i]] += 1
+                    log.add({"id": doc.id, "stage": "url_dedup", "reason": reason[i], "url": doc.url})
+                    if len(examples) < self.res.examples:
+                        examples.append({"id": doc.id, "url": doc.url, "reason": reason[i]})
+                    continue
+                st.docs_out += 1
+                st.chars_out += len(doc.text)
+                w.write(doc)
+        log.close()
+        report_progress(docs=st.docs_in, nbytes=self.size_bytes)
+        return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
+
+
+class UrlDedupStage:
+    """URL dedup as a recipe stage."""
+
+    name = "url_dedup"
+
+    def __init__(self, config: UrlDedupConfig | None = None, res: Resources | None = None):
+        self.config = config or UrlDedupConfig()
+        self.res = res or Resources()
+
+    def run(self, inputs: list[Path], ctx: Any) -> StageResult:
+        """Run the three stages (each resumable) and return a StageResult."""
+        from falconlm.data.dedup.minhash_stage import check_settings
+
+        work = work_dir(ctx, self.name)
+        check_settings(work, {"url": asdict(self.config), "inputs": [str(p) for p in inputs]})
+        rid_path = work / "run_id"
+        if not rid_path.exists():
+            tmp = rid_path.with_name(f"run_id.tmp-{os.getpid()}")
+            tmp.write_text(uuid.uuid4().hex, encoding="utf-8")
+            os.replace(tmp, rid_path)
+        run_id = rid_path.read_text(encoding="utf-8").strip()
+        out_dir = ctx.stage_dir(self.name)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        keys = [UrlKeyTask(f"s{i:05d}", i, str(p), str(work), self.res, size_of(p)) for i, p in enumerate(inputs)]
+        run_stage(Stage("url-keys", keys, ctx.marker_dir("url-keys")), ctx.exec)
+        [decision] = run_stage(
+            Stage("url-decide", [UrlDecideTask("decide", str(work), len(inputs), asdict(self.config), run_id, self.res)], ctx.marker_dir("url-decide")),
+            ctx.exec,
+        )
+        outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
+        filt = [
+            UrlFilterTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res, removed_dir(ctx, self.name, self.res), size_of(p))
+            for i, p in enumerate(inputs)
+        ]
+        results = run_stage(Stage("url-filter", filt, ctx.marker_dir("url-filter")), ctx.exec)
+        total = StepStats(self.name)
+        for r in results:
+            total.merge(StepStats.from_dict(r["stats"]))
+        examples = [e for r in results for e in r["examples"]][: self.res.examples]
+        return StageResult(outputs=outs, stats=[stats_dict(total, **decision)], examples={"url_dedup": examples})
