@@ -31,7 +31,7 @@ def split_id(gid: int) -> tuple[int, int]:
 class Resources:
     """Memory budget and I/O settings every dedup stage obeys."""
 
-    memory_mb: int = 2048  # per task (worker); sizes spill buffers, merge chunks and exact-substring parts
+    memory_mb: float = 2048  # per task (worker); sizes spill buffers, merge chunks and exact-substring parts
     output_format: str = "jsonl.zst"
     write_removed: bool = False  # per-document record of what was removed, beside the output
     examples: int = 3  # example clusters / cuts kept for the report
@@ -41,7 +41,7 @@ class Resources:
     @property
     def memory_bytes(self) -> int:
         """The budget in bytes."""
-        return int(self.memory_mb) << 20
+        return int(self.memory_mb * (1 << 20))
 
     def reader(self) -> ReaderOptions:
         """Reader options for the input shards."""
