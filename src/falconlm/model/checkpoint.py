@@ -134,8 +134,11 @@ def checkpoint_files(directory: Path) -> dict[str, str]:
                 raise FalconError(f"{directory / INDEX_FILE} lists shard {name}, which is missing from the directory")
         return dict(weight_map)
     if (directory / SINGLE_FILE).is_file():
-        with safe_open(str(directory / SINGLE_FILE), framework="pt") as f:
-            return {k: SINGLE_FILE for k in f.keys()}
+        try:
+            with safe_open(str(directory / SINGLE_FILE), framework="pt") as f:
+                return {k: SINGLE_FILE for k in f.keys()}
+        except Exception as exc:  # safetensors' own error types for a corrupt header
+            raise FalconError(f"cannot read {directory / SINGLE_FILE}: {exc}") from None
     if any(directory.glob("*.bin")):
         raise FalconError(f"{directory} has only PyTorch pickle weights (*.bin); falconlm loads safetensors only — convert them with transformers' save_pretrained(safe_serialization=True)")
     raise FalconError(f"{directory} has no model.safetensors and no {INDEX_FILE}")
