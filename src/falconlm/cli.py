@@ -13,7 +13,8 @@ from importlib import import_module
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("falconlm.generate.cli", "generate text from a checkpoint directory"),
-    "convert": ("falconlm.model.cli", "create, inspect or re-shard a Falcon checkpoint directory"),
+    "init-model": ("falconlm.model.cli", "write a randomly initialised Falcon checkpoint from a preset"),
+    "inspect": ("falconlm.model.cli", "describe a checkpoint directory or preset"),
     "demo": ("falconlm.demo", "run the end-to-end demo on bundled data"),
     "refine": ("falconlm.data.cli", "refine raw web pages (WARC/JSONL/Parquet) into clean text shards (RefinedWeb)"),
     "dedup": ("falconlm.data.dedup.cli", "deduplicate JSONL/Parquet shards: MinHash LSH, exact substrings, URLs"),
