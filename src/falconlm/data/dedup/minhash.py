@@ -82,6 +82,7 @@ class MinHasher:
 
     # Elements of the (shingles x hashes) working block: 512 KiB stays in L2 (4x faster than 8 MiB).
     BLOCK_ELEMENTS = 1 << 16
+    BLOCK_COLUMNS = 64
 
     def __init__(self, config: MinHashConfig):
         config.validate()
@@ -98,22 +99,32 @@ class MinHasher:
         lengths = np.fromiter((len(s) for s in shingles), dtype=np.int64, count=len(shingles))
         valid = np.flatnonzero(lengths > 0)
         h = self.config.num_hashes
-        if len(valid) == 0:
-            return np.empty((0, h), dtype=np.uint64), valid
-        x = np.concatenate([shingles[i] for i in valid])[:, None]
-        offsets = np.concatenate([[0], np.cumsum(lengths[valid])[:-1]])
         out = np.empty((len(valid), h), dtype=np.uint64)
-        blk = max(1, min(h, self.BLOCK_ELEMENTS // max(1, len(x))))
+        if len(valid) == 0:
+            return out, valid
+        # Tile the (shingles x hashes) product: groups of whole documents (reduceat needs them)
+        # times blocks of hash columns, each tile about BLOCK_ELEMENTS so it stays in cache.
+        cols = min(h, self.BLOCK_COLUMNS)
+        rows_target = max(1, self.BLOCK_ELEMENTS // cols)
+        i = 0
         with np.errstate(over="ignore"):
-            for j in range(0, h, blk):
-                y = np.multiply(x, self.a[None, j : j + blk])  # wraps mod 2^64 (see module doc)
-                y += self.b[None, j : j + blk]
-                # y mod (2^61 - 1) without a division: fold the top 3 bits back in.
-                r = y & MERSENNE_61
-                y >>= _S61
-                r += y
-                r[r >= MERSENNE_61] -= MERSENNE_61
-                out[:, j : j + blk] = np.minimum.reduceat(r, offsets, axis=0)
+            while i < len(valid):
+                j, rows = i, 0
+                while j < len(valid) and (rows == 0 or rows + lengths[valid[j]] <= rows_target):
+                    rows += int(lengths[valid[j]])
+                    j += 1
+                x = np.concatenate([shingles[k] for k in valid[i:j]])[:, None]
+                offsets = np.concatenate([[0], np.cumsum(lengths[valid[i:j]])[:-1]])
+                for c in range(0, h, cols):
+                    y = np.multiply(x, self.a[None, c : c + cols])  # wraps mod 2^64 (see module doc)
+                    y += self.b[None, c : c + cols]
+                    # y mod (2^61 - 1) without a division: fold the top 3 bits back in.
+                    r = y & MERSENNE_61
+                    y >>= _S61
+                    r += y
+                    r[r >= MERSENNE_61] -= MERSENNE_61
+                    out[i:j, c : c + cols] = np.minimum.reduceat(r, offsets, axis=0)
+                i = j
         return out, valid
 
     def band_keys(self, signatures: np.ndarray) -> np.ndarray:

@@ -15,24 +15,34 @@ import numpy as np
 _RUN_RE = re.compile(r"\S+")
 
 
-@lru_cache(maxsize=1)
-def _tables() -> tuple[dict[int, str | None], dict[int, str]]:
-    """Translation tables built once per process from this Python's Unicode database.
+class _LazyTable(dict):
+    """A str.translate table filled on first sight of each character (no start-up scan of
+    the 1.1M code points): combining marks removed (or kept), punctuation/symbols/controls -> " "."""
 
-    Built from unicodedata rather than hard-coded so they always agree with the NFD tables
-    that `unicodedata.normalize` uses (one scan of the code space, ~0.2 s). `str.translate`
-    is used instead of regex character classes: it is 5-100x faster on web text."""
-    strip: dict[int, str | None] = {}
-    separators: dict[int, str] = {}
-    for cp in range(sys.maxunicode + 1):
-        cat = unicodedata.category(chr(cp))
+    def __init__(self, strip_marks: bool):
+        super().__init__()
+        self.strip_marks = strip_marks
+
+    def __missing__(self, cp: int) -> str | None:
+        c = chr(cp)
+        cat = unicodedata.category(c)
         if cat == "Mn":
-            strip[cp] = None  # combining marks (accents after NFD) are removed
+            v = None if self.strip_marks else c  # accents (after NFD) removed, or kept in place
         elif cat[0] in "PS" or cat == "Cc":
-            # Punctuation, symbols and control characters all become word separators.
-            strip[cp] = " "
-            separators[cp] = " "
-    return strip, separators
+            v = " "  # punctuation, symbols and control characters all separate words
+        else:
+            v = c
+        self[cp] = v
+        return v
+
+
+@lru_cache(maxsize=1)
+def _tables() -> tuple[dict, dict]:
+    """(strip table for normalisation, separator table for reversible tokenisation), per process.
+
+    `str.translate` with these tables is 5-100x faster than regex classes on web text; the
+    classes come from this Python's unicodedata so they agree with its NFD tables."""
+    return _LazyTable(strip_marks=True), _LazyTable(strip_marks=False)
 
 
 def normalize_text(text: str) -> str:
