@@ -269,3 +269,21 @@ def test_cli_errors_and_estimate(tmp_path, capsys):
     assert "1,000,000 documents" in text and "disk signatures" in text
     # 450 bands x 16 bytes per document of signatures
     assert "6.7 GiB" in text
+
+
+def test_refinedweb_recipe_appends_dedup_stages(small_corpus, tmp_path, read_output):
+    from falconlm.data.recipes import RefineConfig, StageContext, build_recipe
+
+    cfg = RefineConfig(dedup={"minhash": {"bands": 14, "rows": 8}, "exact_substring": {"part_tokens": 5000}})
+    stages = build_recipe("refinedweb", cfg)
+    assert [s.name for s in stages][-3:] == ["minhash", "exact_substring", "url_dedup"]
+    assert [s.name for s in build_recipe("refinedweb-filter", cfg)] == [s.name for s in stages][:-3]
+    # the dedup stages run with the refine pipeline's own StageContext
+    shards, _ = small_corpus
+    current = list(shards)
+    for k, stage in enumerate(stages[-3:]):
+        ctx = StageContext(tmp_path, QUIET, cfg, last=(k == 2))
+        res = stage.run(current, ctx)
+        current = res.outputs
+        assert res.stats[0]["name"] == stage.name and res.stats[0]["docs_out"] <= res.stats[0]["docs_in"]
+    assert read_output(tmp_path)

@@ -107,11 +107,12 @@ def filter_stages(config: RefineConfig) -> list[RecipeStage]:
 def dedup_stages(config: RefineConfig) -> list[RecipeStage]:
     """HOOK (issue 4): MinHash -> exact substring -> URL dedup stages, appended after filtering.
 
-    The dedup package replaces this body with its stages, e.g.
-        from falconlm.data.dedup.stages import refinedweb_dedup_stages
-        return refinedweb_dedup_stages(config)
+    Settings come from `config.dedup` (a `DedupConfig.to_dict()`-shaped dict; missing keys take
+    the paper's defaults, a null turns a method off).
     """
-    return []
+    from falconlm.data.dedup.stages import refinedweb_dedup_stages
+
+    return refinedweb_dedup_stages(config)
 
 
 RECIPES: dict[str, Callable[[RefineConfig], list[RecipeStage]]] = {

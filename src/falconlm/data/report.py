@@ -92,6 +92,11 @@ def write_report(out_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
             f"<td>{s['docs_in']:,}</td><td>{s['docs_out']:,}</td><td>{s['chars_in']:,}</td>"
             f"<td>{s['chars_out']:,}</td><td>{kept:.1f}</td></tr>"
         )
+    # Dedup stages (issue 4) add a cluster-size histogram to their step.
+    for s in stats["steps"]:
+        if s.get("cluster_size_histogram"):
+            parts.append(f"</table><h2>{esc(s['name'])}: cluster sizes</h2><table><tr><th>size</th><th>clusters</th></tr>")
+            parts.extend(f"<tr><td>{esc(k)}</td><td>{v:,}</td></tr>" for k, v in s["cluster_size_histogram"].items())
     parts.append("</table><h2>Drop reasons</h2><table><tr><th class=l>step</th><th class=l>reason</th><th>documents</th></tr>")
     for s in stats["steps"]:
         for reason, n in sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0])):

@@ -202,8 +202,9 @@ class CutTask:
                     new, reason = apply_mode(doc.text, spans, cfg)
                     log.add({"id": doc.id, "stage": "exact_substring", "cut_spans": spans, "dropped": new is None})
                     if len(examples) < self.res.examples:
-                        examples.append({"id": doc.id, "url": doc.url, "spans": spans[:5],
-                                         "removed": [doc.text[a:b][:200] for a, b in spans[:3]]})
+                        cuts = [doc.text[a:b][:200] for a, b in spans[:3]]
+                        examples.append({"id": doc.id, "url": doc.url, "spans": spans[:5], "removed": cuts,
+                                         "text": "\n---\n".join(f"[cut {a}:{b}] {c}" for (a, b), c in zip(spans, cuts))})
                     if new is None:
                         st.dropped[reason] += 1
                         continue

@@ -311,10 +311,15 @@ class MinHashStage:
             total.merge(StepStats.from_dict(r["stats"]))
             for e in r["examples"]:
                 by_doc[e["doc"]] = e
-        examples = [
-            {"cluster": ex["root"], "size": ex["size"], "documents": [by_doc[m] for m in ex["members"] if m in by_doc]}
-            for ex in summary["examples"]
-        ]
+        examples = []
+        for ex in summary["examples"]:
+            docs = [by_doc[m] for m in ex["members"] if m in by_doc]
+            if not docs:
+                continue
+            # The report shows id / url / text: the kept document first, then the removed copies.
+            body = "\n\n".join(f"[{'kept' if k == 0 else 'removed'}] {d['id']} {d['url'] or ''}\n{d['text']}" for k, d in enumerate(docs))
+            examples.append({"id": docs[0]["id"], "url": docs[0]["url"], "cluster": ex["root"], "size": ex["size"],
+                             "text": f"cluster of {ex['size']} documents\n\n{body}", "documents": docs})
         extra = {
             "clusters": summary["clusters"],
             "pairs": summary["pairs"],

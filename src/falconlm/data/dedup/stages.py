@@ -172,8 +172,8 @@ def _ray_session(exec_config: ExecConfig) -> Iterator[None]:
 
 
 def run_dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, config: DedupConfig | None = None,
-              exec_config: ExecConfig | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Deduplicate JSONL/Parquet shards into out/data; write stats.json and config.json; return the stats."""
+              exec_config: ExecConfig | None = None, verbose: bool = True, report: bool = True) -> dict[str, Any]:
+    """Deduplicate JSONL/Parquet shards into out/data; write stats.json, config.json and the report; return the stats."""
     from falconlm.data.readers import expand_inputs
 
     config = config or DedupConfig()
@@ -200,11 +200,17 @@ def run_dedup(inputs: list[str | os.PathLike], out: str | os.PathLike, config: D
             current = list(res.outputs)
             all_stats.extend(res.stats)
             examples.update(res.examples)
-    stats = {"steps": all_stats, "examples": examples, "outputs": [str(p) for p in current], "seconds": round(time.time() - t0, 3)}
+    stats = {"recipe": "dedup", "inputs": [str(f) for f in files], "input_bytes": sum(os.path.getsize(f) for f in files),
+             "steps": all_stats, "examples": examples, "outputs": [str(p) for p in current]}
     tmp = out / f"stats.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(stats, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, out / "stats.json")
-    return stats
+    if report:
+        from falconlm.data.report import write_report
+
+        write_report(out, stats)  # funnel.png + report.html (cluster sizes, examples)
+    # Wall time is kept out of stats.json so that a resumed run writes the same file.
+    return {**stats, "seconds": round(time.time() - t0, 3)}
 
 
 def format_summary(stats: dict[str, Any]) -> str:

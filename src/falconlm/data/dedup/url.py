@@ -194,7 +194,7 @@ class UrlFilterTask:
                     st.dropped[reason[i]] += 1
                     log.add({"id": doc.id, "stage": "url_dedup", "reason": reason[i], "url": doc.url})
                     if len(examples) < self.res.examples:
-                        examples.append({"id": doc.id, "url": doc.url, "reason": reason[i]})
+                        examples.append({"id": doc.id, "url": doc.url, "reason": reason[i], "text": doc.text[:300]})
                     continue
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
