@@ -1,0 +1,63 @@
+"""2-process gloo DDP and FSDP2 on CPU under torchrun: same losses as one process with the same global batch; DDP resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from falconlm.train.loop import pretrain
+
+WORKER = Path(__file__).resolve().parent / "dist_worker.py"
+
+
+@pytest.fixture(scope="module")
+def dist_runs(sample_shards, tmp_path_factory) -> Path:
+    """One torchrun launch (2 ranks) runs every distributed scenario, to pay the start-up once."""
+    out = tmp_path_factory.mktemp("dist")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(sample_shards), str(out), "ddp,fsdp,ddp-resume"]
+    if not torchrun.exists():
+        cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(sample_shards, tmp_path_factory, tiny_cfg):
+    """The same run in one process: global batch 8 = 4 accumulated micro-batches of 2."""
+    return pretrain(tiny_cfg(sample_shards, tmp_path_factory.mktemp("single") / "run"))
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {int(k): v for k, v in json.loads((run / "result.json").read_text())["losses"].items()}
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(dist_runs, single, strategy):
+    got = losses(dist_runs / strategy)
+    assert sorted(got) == list(range(1, 7))
+    for step, loss in single.losses.items():
+        assert got[step] == pytest.approx(loss, rel=1e-5, abs=1e-5)
+    assert got[6] < got[1] - 0.5  # it trained
+    final = load_file(str(dist_runs / strategy / "checkpoints" / "step-00000006" / "model.safetensors"))
+    ref = load_file(str(single.checkpoint / "model.safetensors"))
+    for k in ref:
+        torch.testing.assert_close(final[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_ddp_resume_is_bit_exact(dist_runs):
+    straight, resumed = losses(dist_runs / "ddp"), losses(dist_runs / "ddp-resume")
+    assert sorted(resumed) == [4, 5, 6]  # resumed from the step-3 checkpoint after a kill in step 5
+    assert all(resumed[s] == straight[s] for s in resumed)
+    a = load_file(str(dist_runs / "ddp" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(dist_runs / "ddp-resume" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
