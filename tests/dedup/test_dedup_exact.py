@@ -105,3 +105,25 @@ def test_cut_never_splits_a_multibyte_character():
             assert not old[s] in "\u0301" and (e == len(old) or old[e] != "\u0301")
         assert "\u0301" not in new.split("—")[-1][:2]
     assert out[1][0] == "Другой текст 😀  😀 конец документа здесь и сейчас."
+
+
+def test_tokenizer_json_tokens_map_back_to_original_spans():
+    from pathlib import Path
+
+    tok = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "falcon-tokenizer" / "tokenizer.json"
+    if not tok.exists():
+        pytest.skip("../shared tokenizer absent")
+    from falconlm.data.dedup.exact_substring import reversible_tokens
+    from falconlm.data.dedup.normalize import normalize_text
+
+    text = "Déjà vu: the QUICK brown fox—jumps over 12,345 lazy dogs!"
+    ids, s, e = reversible_tokens([text], str(tok))[0]
+    assert len(ids) == len(s) == len(e) > 5
+    assert (np.diff(s) >= 0).all() and (e > s).all()
+    joined = normalize_text(text)
+    # every token's original span normalises to text that contains the token's words
+    assert normalize_text(text[s[0] : e[-1]]) == joined
+    p = _passage(60, "delta")
+    out = dedup_texts(["Intro text for one. " + p + " end one here", "Another intro. " + p + " end two here"],
+                      ExactSubstringConfig(tokenizer=str(tok)))
+    assert out[0][0] == "Intro text for one.  one here"  # " end" follows the passage in both

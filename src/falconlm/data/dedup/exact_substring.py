@@ -80,9 +80,11 @@ def reversible_tokens(texts: Sequence[str], tokenizer: str | None = None) -> lis
         if not w.tokens:
             out.append((np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64)))
             continue
-        # word index of every character of the joined string (spaces belong to the next word)
+        # word index of every character of the joined string; the space before a word belongs
+        # to it, as byte-level BPE attaches that space to the word's first token
         lens = np.fromiter((len(t) + 1 for t in w.tokens), dtype=np.int64, count=len(w.tokens))
-        word_of_char = np.repeat(np.arange(len(w.tokens)), lens)[: len(s)]
+        lens[0] -= 1
+        word_of_char = np.repeat(np.arange(len(w.tokens)), lens)
         offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         keep = offs[:, 1] > offs[:, 0]
         offs = offs[keep]
