@@ -165,6 +165,11 @@ class FilterStage:
     def run(self, inputs: list[Path], ctx: "StageContext") -> StageResult:
         """Run (or resume) the tasks and merge their stats."""
         tasks = self.tasks(inputs, ctx)
+        # A killed run can leave temp files behind (never under a final name); clear them.
+        for d in (ctx.stage_dir(self.name), ctx.dropped_dir(self.name)):
+            if d.is_dir():
+                for stale in d.glob("*.tmp-*"):
+                    stale.unlink(missing_ok=True)
         results = run_stage(Stage(self.name, tasks, ctx.marker_dir(self.name)), ctx.exec)
         merged = merge_step_stats([r["stats"] for r in results])
         examples: dict[str, list[dict[str, Any]]] = {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import glob
-import gzip
 import io
 import json
 import os
@@ -86,11 +85,82 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return sorted(set(found), key=lambda p: str(p))
 
 
+class TolerantGzip(io.RawIOBase):
+    """Multi-member gzip reader that survives damage: a corrupt member is skipped (reading resumes
+    at the next gzip header) and a truncated tail ends the stream; both are counted in `errors`
+    instead of raising and losing the data decompressed so far."""
+
+    _MAGIC = b"\x1f\x8b\x08"
+
+    def __init__(self, path: str | os.PathLike, chunk: int = 1 << 16) -> None:
+        self._f = open(path, "rb")
+        self._chunk = chunk
+        self._d = zlib.decompressobj(31)
+        self._pending = b""  # compressed bytes not yet fed
+        self._out = b""
+        self._eof = False
+        self.errors = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+    def _fill(self) -> None:
+        while not self._out and not self._eof:
+            data = self._pending or self._f.read(self._chunk)
+            self._pending = b""
+            if not data:
+                if self._d.unconsumed_tail or not self._d.eof and self._started:
+                    self.errors += 1  # truncated last member
+                self._eof = True
+                return
+            try:
+                self._out = self._d.decompress(data)
+                self._started = True
+            except zlib.error:
+                self.errors += 1
+                self._resync(data)
+                continue
+            if self._d.eof:
+                rest = self._d.unused_data
+                self._d = zlib.decompressobj(31)
+                self._started = False
+                self._pending = rest
+
+    _started = False
+
+    def _resync(self, data: bytes) -> None:
+        """Skip to the next gzip member header after a corrupt one."""
+        buf = data[1:]
+        while True:
+            i = buf.find(self._MAGIC)
+            if i >= 0:
+                self._pending = buf[i:]
+                self._d = zlib.decompressobj(31)
+                self._started = False
+                return
+            more = self._f.read(self._chunk)
+            if not more:
+                self._eof = True
+                return
+            buf = buf[-2:] + more
+
+    def readinto(self, b: Any) -> int:
+        self._fill()
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+
 def open_binary(path: str | os.PathLike) -> IO[bytes]:
-    """Open a file for reading bytes, decompressing .gz and .zst transparently."""
+    """Open a file for reading bytes, decompressing .gz and .zst transparently (.gz tolerantly)."""
     name = str(path).lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return io.BufferedReader(TolerantGzip(path), 1 << 16)
     if name.endswith(".zst"):
         import zstandard
 
@@ -156,6 +226,10 @@ def _read_warc(path: str | os.PathLike, options: ReaderOptions, stats: StepStats
         with open_binary(path) as raw:
             stream = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw, 1 << 20)
             yield from _warc_documents(_resilient_records(stream, stats), path, stats)
+            raw_gz = getattr(stream, "raw", None)
+            if isinstance(raw_gz, TolerantGzip) and raw_gz.errors:
+                stats.dropped["corrupt_compression"] += raw_gz.errors
+                _log_skip(path, f"{raw_gz.errors} damaged gzip member(s) skipped")
     except (OSError, EOFError, ValueError) as exc:
         # A corrupt compression layer ends the file; what was read stays valid.
         stats.dropped["corrupt_file"] += 1

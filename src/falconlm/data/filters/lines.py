@@ -108,7 +108,7 @@ class LineConfig:
 
 
 _START = re.compile(r"^\W*(?:" + "|".join(START_PATTERNS) + r")\b\W*", re.IGNORECASE)
-_END = re.compile(r"\W*\b(?:" + "|".join(END_PATTERNS) + r")\W*$", re.IGNORECASE)
+_END = re.compile(r"\s*\b(?:" + "|".join(END_PATTERNS) + r")\W*$", re.IGNORECASE)
 _ANY = re.compile(r"(?:" + "|".join(ANYWHERE_PATTERNS) + r")", re.IGNORECASE)
 _COUNTER = re.compile(COUNTER_PATTERN, re.IGNORECASE)
 _NUMERIC = re.compile(r"^[\W\d_]*\d[\W\d_]*$")  # digits and punctuation only, at least one digit
@@ -138,7 +138,7 @@ def edit_line(line: str, config: LineConfig) -> str:
     out = _START.sub("", line, count=1)
     out = _END.sub("", out, count=1)
     out = _ANY.sub("", out)
-    return out.strip() if out != line else line
+    return " ".join(out.split()) if out != line else line
 
 
 def correct_lines(text: str, config: LineConfig) -> tuple[str, int, int, dict[str, int]]:

@@ -21,6 +21,7 @@ UT1_CATEGORIES = (
 )
 _SPLIT = re.compile(r"[^a-z0-9]+")
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_HOST = re.compile(r"[^\s/\\@<>\"']+")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def host_of(url: str) -> str:
         host = urlsplit(url if "//" in url else "//" + url).hostname or ""
     except ValueError:
         return ""
-    return host.rstrip(".").lower()
+    host = host.rstrip(".").lower()
+    return host if _HOST.fullmatch(host) else ""
 
 
 def domain_suffixes(host: str) -> list[str]:
