@@ -287,3 +287,20 @@ def test_refinedweb_recipe_appends_dedup_stages(small_corpus, tmp_path, read_out
         current = res.outputs
         assert res.stats[0]["name"] == stage.name and res.stats[0]["docs_out"] <= res.stats[0]["docs_in"]
     assert read_output(tmp_path)
+
+
+def test_input_changed_between_stages_is_refused(small_corpus, tmp_path):
+    import shutil
+
+    shards, _ = small_corpus
+    copies = []
+    for p in shards:
+        shutil.copy(p, tmp_path / p.name)
+        copies.append(tmp_path / p.name)
+    cfg = DedupConfig(minhash=MinHashConfig.preset("fineweb"), exact_substring=None, url=None)
+    _run(copies, tmp_path / "run", cfg)
+    with open(copies[1], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "late", "text": "a document added later", "url": None}) + "\n")
+    shutil.rmtree(tmp_path / "run" / "markers" / "minhash-filter")
+    with pytest.raises(FalconError, match=f"{copies[1].name} holds .* documents but held"):
+        _run(copies, tmp_path / "run", cfg)

@@ -117,6 +117,18 @@ class RemovedLog:
         os.replace(tmp, self.path)
 
 
+def check_unchanged(path: str | os.PathLike, read: int, expected: int, stage: str) -> None:
+    """Raise if a shard holds another number of documents than an earlier stage saw in it
+    (document ids are positions, so a changed input would silently misalign them)."""
+    from falconlm.errors import FalconError
+
+    if expected >= 0 and read != expected:
+        raise FalconError(
+            f"{path} holds {read} documents but held {expected} when the {stage} stage read it; "
+            "it changed during the run: start again with a new --out"
+        )
+
+
 def stats_dict(stats: StepStats, **extra: Any) -> dict[str, Any]:
     """StepStats.to_dict() plus stage-specific extras (ignored by StepStats.from_dict)."""
     d = stats.to_dict()

@@ -25,6 +25,7 @@ from falconlm.data.dedup.common import (
     global_id,
     iter_shard,
     output_path,
+    check_unchanged,
     removed_dir,
     size_of,
     stats_dict,
@@ -175,6 +176,7 @@ class CutTask:
     res: Resources
     removed_dir: str = ""
     size_bytes: int = 0
+    expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
         from falconlm.data.writers import ShardWriter
@@ -214,6 +216,7 @@ class CutTask:
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
                 w.write(doc)
+            check_unchanged(self.path, st.docs_in, self.expected_docs, "exact-tokens")
         log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "cut_docs": cut_docs, "examples": examples}
@@ -243,7 +246,7 @@ class ExactSubstringStage:
         out_dir = ctx.stage_dir(self.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         tok = [TokenTask(f"s{i:05d}", i, str(p), str(work), cfg, self.res, size_of(p)) for i, p in enumerate(inputs)]
-        run_stage(Stage("exact-tokens", tok, ctx.marker_dir("exact-tokens")), ctx.exec)
+        tok_res = run_stage(Stage("exact-tokens", tok, ctx.marker_dir("exact-tokens")), ctx.exec)
         parts = plan_parts(work, len(inputs), self.part_tokens())
         (work / "parts.json").write_text(json.dumps(parts), encoding="utf-8")
         spans = [SpanTask(f"p{k:05d}", k, r, str(work), cfg) for k, r in enumerate(parts)]
@@ -252,7 +255,7 @@ class ExactSubstringStage:
         outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
         cut = [
             CutTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), parts_of[i], cfg, self.res,
-                    removed_dir(ctx, self.name, self.res), size_of(p))
+                    removed_dir(ctx, self.name, self.res), size_of(p), expected_docs=tok_res[i]["docs"])
             for i, p in enumerate(inputs)
         ]
         results = run_stage(Stage("exact-cut", cut, ctx.marker_dir("exact-cut")), ctx.exec)

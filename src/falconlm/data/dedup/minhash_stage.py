@@ -28,6 +28,7 @@ from falconlm.data.dedup.common import (
     global_id,
     iter_shard,
     output_path,
+    check_unchanged,
     removed_dir,
     size_of,
     split_id,
@@ -225,6 +226,7 @@ class FilterTask:
     example_docs: list
     removed_dir: str = ""  # where to write the per-document removal record ("" = don't)
     size_bytes: int = 0
+    expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
         from falconlm.data.writers import ShardWriter
@@ -249,6 +251,7 @@ class FilterTask:
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
                 w.write(doc)
+            check_unchanged(self.path, st.docs_in, self.expected_docs, "minhash-signatures")
         log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
@@ -288,7 +291,7 @@ class MinHashStage:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config)
         sig = [SignatureTask(f"s{i:05d}", i, str(p), str(work), cfg, self.res, groups, size_of(p)) for i, p in enumerate(inputs)]
-        run_stage(Stage("minhash-signatures", sig, ctx.marker_dir("minhash-signatures")), ctx.exec)
+        sig_res = run_stage(Stage("minhash-signatures", sig, ctx.marker_dir("minhash-signatures")), ctx.exec)
         buckets = [BucketTask(f"g{g:03d}", g, str(work), self.res) for g in range(groups)]
         run_stage(Stage("minhash-buckets", buckets, ctx.marker_dir("minhash-buckets")), ctx.exec)
         [summary] = run_stage(
@@ -301,6 +304,7 @@ class MinHashStage:
             FilterTask(
                 f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res,
                 [d for d in example_docs if split_id(d)[0] == i], removed_dir(ctx, self.name, self.res), size_of(p),
+                expected_docs=sig_res[i]["docs"],
             )
             for i, p in enumerate(inputs)
         ]

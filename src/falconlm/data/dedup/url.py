@@ -23,6 +23,7 @@ from falconlm.data.dedup.common import (
     global_id,
     iter_shard,
     output_path,
+    check_unchanged,
     removed_dir,
     size_of,
     split_id,
@@ -177,6 +178,7 @@ class UrlFilterTask:
     res: Resources
     removed_dir: str = ""
     size_bytes: int = 0
+    expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
         from falconlm.data.writers import ShardWriter
@@ -199,6 +201,7 @@ class UrlFilterTask:
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
                 w.write(doc)
+            check_unchanged(self.path, st.docs_in, self.expected_docs, "url-keys")
         log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
@@ -228,14 +231,15 @@ class UrlDedupStage:
         out_dir = ctx.stage_dir(self.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         keys = [UrlKeyTask(f"s{i:05d}", i, str(p), str(work), self.res, size_of(p)) for i, p in enumerate(inputs)]
-        run_stage(Stage("url-keys", keys, ctx.marker_dir("url-keys")), ctx.exec)
+        key_res = run_stage(Stage("url-keys", keys, ctx.marker_dir("url-keys")), ctx.exec)
         [decision] = run_stage(
             Stage("url-decide", [UrlDecideTask("decide", str(work), len(inputs), asdict(self.config), run_id, self.res)], ctx.marker_dir("url-decide")),
             ctx.exec,
         )
         outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
         filt = [
-            UrlFilterTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res, removed_dir(ctx, self.name, self.res), size_of(p))
+            UrlFilterTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res, removed_dir(ctx, self.name, self.res), size_of(p),
+                          expected_docs=key_res[i]["docs_read"])
             for i, p in enumerate(inputs)
         ]
         results = run_stage(Stage("url-filter", filt, ctx.marker_dir("url-filter")), ctx.exec)
