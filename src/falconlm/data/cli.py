@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from importlib import resources
 from pathlib import Path
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _coerce(value: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         if value.lower() in ("none", "null", ""):
             return None
         inner = [a for a in args if a is not type(None)]

@@ -252,7 +252,8 @@ def _collect(tid: str, res: dict | None, err: str | None, bar: _Bar, results: di
     if err is not None:
         failures[tid] = err
     else:
-        results[tid] = res
+        # Normalise exactly as the marker stores it, so fresh and resumed results are identical.
+        results[tid] = json.loads(json.dumps(res, sort_keys=True))
     bar.task_done()
 
 

@@ -1,0 +1,58 @@
+"""The Ray executor runs the same tasks on a local Ray instance and gives the local executor's bytes;
+the multi-process local executor does too."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from falconlm.data.cli import sample_path
+from falconlm.data.executor import ExecConfig
+from falconlm.data.extract import ExtractConfig
+from falconlm.data.recipes import RefineConfig
+from falconlm.data.refine import run_refine
+
+
+def outputs(out):
+    snap = {p.name: p.read_bytes() for p in sorted((out / "data").iterdir())}
+    snap["stats.json"] = (out / "stats.json").read_bytes()
+    return snap
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rayin")
+    for i in range(3):
+        shutil.copy(sample_path(), d / f"part-{i}.warc.gz")
+    return d
+
+
+CFG = replace(RefineConfig(), extract=ExtractConfig(extractor="resiliparse"))
+
+
+@pytest.fixture(scope="module")
+def local_run(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    run_refine([inputs], out, recipe="refinedweb-filter", config=CFG, exec_config=ExecConfig(progress=False))
+    return outputs(out)
+
+
+def test_ray_executor_matches_local(inputs, local_run, tmp_path):
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    try:
+        run_refine([inputs], out, recipe="refinedweb-filter", config=CFG,
+                   exec_config=ExecConfig(workers=2, executor="ray", progress=False))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert outputs(out) == local_run
+    assert len(list((out / "markers" / "filter").glob("*.json"))) == 3
+
+
+def test_process_pool_matches_in_process(inputs, local_run, tmp_path):
+    out = tmp_path / "pool"
+    run_refine([inputs], out, recipe="refinedweb-filter", config=CFG, exec_config=ExecConfig(workers=2, progress=False))
+    assert outputs(out) == local_run
