@@ -150,15 +150,19 @@ class SpanTask:
                 docs.append(np.asarray(toks[offs[i] : offs[i + 1]]))
                 gids.append(global_id(s, i))
         text, starts = concat_with_separators(docs)
+        lengths = [len(d) for d in docs]
+        del docs  # the concatenation holds them; keep one copy while the suffix array is built
         mask = duplicated_mask(text, cfg.min_tokens)
+        n_text = len(text)
+        del text
         recs = []
-        for d, off, g in zip(docs, starts, gids):
-            for a, b in token_runs(mask[off : off + len(d)]):
+        for n, off, g in zip(lengths, starts, gids):
+            for a, b in token_runs(mask[off : off + n]):
                 recs.append((g, a, b))
         out = np.array(recs, dtype=SPAN) if recs else np.empty(0, SPAN)
         write_records(work / "spans" / f"p{self.part:05d}.bin", out, sorted_=True)
-        report_progress(docs=len(docs))
-        return {"docs": len(docs), "tokens": int(len(text) - len(docs)), "spans": len(out),
+        report_progress(docs=len(lengths))
+        return {"docs": len(lengths), "tokens": int(n_text - len(lengths)), "spans": len(out),
                 "duplicated_tokens": int(mask.sum())}
 
 

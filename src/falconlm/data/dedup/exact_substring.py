@@ -113,14 +113,17 @@ def duplicated_mask(text: np.ndarray, min_tokens: int) -> np.ndarray:
     n = len(text)
     if n <= min_tokens:  # (overlapping repeats need only min_tokens + 1 tokens)
         return np.zeros(n, dtype=bool)
-    sa = divsufsort(text).astype(np.int64)
-    lcp = kasai(text, sa)[:-1].astype(np.int64)  # lcp[i] = LCP(suffix sa[i], suffix sa[i+1])
-    hit = np.flatnonzero(lcp >= min_tokens)
+    sa = divsufsort(text)  # int32 below 2^31 tokens: half the memory of int64
+    lcp = kasai(text, sa)  # lcp[i] = LCP(suffix sa[i], suffix sa[i+1]); the last entry is 0
+    hit = np.flatnonzero(lcp[:-1] >= min_tokens)
     if not len(hit):
         return np.zeros(n, dtype=bool)
-    starts = np.concatenate([sa[hit], sa[hit + 1]])
-    lengths = np.concatenate([lcp[hit], lcp[hit]])
-    diff = np.bincount(starts, minlength=n + 1)[: n + 1] - np.bincount(starts + lengths, minlength=n + 1)[: n + 1]
+    starts = np.concatenate([sa[hit], sa[hit + 1]]).astype(np.int64)
+    lengths = np.concatenate([lcp[hit], lcp[hit]]).astype(np.int64)
+    del sa, lcp  # free the big arrays before the coverage pass
+    # Coverage count by a difference array: +1 at each start, -1 at each end.
+    diff = np.bincount(starts, minlength=n + 1)
+    diff[: n + 1] -= np.bincount(starts + lengths, minlength=n + 1)[: n + 1]
     return np.cumsum(diff[:n]) > 0
 
 

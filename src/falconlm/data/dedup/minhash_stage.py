@@ -139,12 +139,27 @@ class BucketTask:
     size_bytes: int = 0
 
     def run(self) -> dict[str, Any]:
-        sig_dir = Path(self.work) / "signatures"
+        work = Path(self.work)
+        sig_dir = work / "signatures"
+        out_dir = work / "buckets"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(f"g{self.group:03d}.r*.bin"):  # a killed attempt's runs
+            stale.unlink()
         files = sorted(sig_dir.glob(f"s*.g{self.group:03d}.r*.bin"))
         chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
         pairs: list[np.ndarray] = []
-        held = 0
-        n_pairs = 0
+        held = runs = written = 0
+
+        def flush() -> None:
+            # Unique pairs of this buffer become one sorted run: memory stays under the budget
+            # (a pair found in several bands of the group is written once per run at most).
+            nonlocal pairs, held, runs, written
+            out = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, PAIR)
+            write_records(out_dir / f"g{self.group:03d}.r{runs:04d}.bin", out, sorted_=True)
+            written += len(out)
+            runs += 1
+            pairs, held = [], 0
+
         for block in merge_groups(files, KEY_DOC, chunk):
             k, d = block["key"], block["doc"]
             if len(k) < 2:
@@ -162,10 +177,11 @@ class BucketTask:
             if held > self.res.memory_bytes // 4:
                 pairs = [np.unique(np.concatenate(pairs))]
                 held = pairs[0].nbytes
-        out = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, PAIR)
-        n_pairs = len(out)
-        write_records(Path(self.work) / "buckets" / f"g{self.group:03d}.bin", out, sorted_=True)
-        return {"pairs": n_pairs, "files": len(files)}
+                if held > self.res.memory_bytes // 8:
+                    flush()
+        if pairs or runs == 0:
+            flush()
+        return {"pairs": written, "runs": runs, "files": len(files)}
 
 
 @dataclass
@@ -181,8 +197,13 @@ class ClusterTask:
 
     def run(self) -> dict[str, Any]:
         work = Path(self.work)
-        parts = [read_records(work / "buckets" / f"g{g:03d}.bin", PAIR) for g in range(self.groups)]
-        pairs = np.unique(np.concatenate(parts)) if parts else np.empty(0, PAIR)
+        # All groups' pair runs merged by first document: each block holds every copy of its
+        # pairs, so a per-block unique is global. Memory here grows with the number of duplicate
+        # documents (union-find needs them all), never with the corpus.
+        files = sorted((work / "buckets").glob("g*.r*.bin"))
+        chunk = max(1024, self.res.memory_bytes // (4 * PAIR.itemsize * max(1, len(files))))
+        parts = [np.unique(block) for block in merge_groups(files, PAIR, chunk)]
+        pairs = np.concatenate(parts) if parts else np.empty(0, PAIR)
         members, roots = clusters_from_pairs(pairs["a"], pairs["b"])
         removed = members != roots
         rem = np.empty(int(removed.sum()), dtype=PAIR)
