@@ -266,7 +266,7 @@ def test_cli_errors_and_estimate(tmp_path, capsys):
     assert "--bands and --rows" in capsys.readouterr().err
     assert main(["dedup", "x.jsonl", "--out", str(tmp_path / "o"), "--estimate", "1000000", "--minhash", "refinedweb"]) == 0
     text = capsys.readouterr().out
-    assert "1,000,000 documents" in text and "disk signatures" in text
+    assert "1,000,000 documents" in text and "disk signatures" in text and "s = 0.75  P = 0.7605" in text
     # 450 bands x 16 bytes per document of signatures
     assert "6.7 GiB" in text
 

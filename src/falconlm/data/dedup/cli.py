@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     if args.estimate is not None:
+        if config.minhash is not None:
+            from falconlm.data.dedup.minhash import s_curve_table
+
+            print(s_curve_table(config.minhash.bands, config.minhash.rows))
         print(format_estimate(estimate(config, args.estimate, workers=args.workers)))
         return 0
     exec_config = ExecConfig(workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress)
