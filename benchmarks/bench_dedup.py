@@ -137,7 +137,8 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
     else:
         cfg.url = UrlDedupConfig()
     t0 = time.perf_counter()
-    run_dedup(shards, work, cfg, ExecConfig(workers=1, progress=False), verbose=False)
+    # report=False: the HTML/PNG report (matplotlib) is not dedup work and the peers make none
+    run_dedup(shards, work, cfg, ExecConfig(workers=1, progress=False), verbose=False, report=False)
     total = time.perf_counter() - t0
     removed, cut = [], 0
     for p in sorted((work / "removed").rglob("*.jsonl")):

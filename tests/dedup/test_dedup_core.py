@@ -150,3 +150,11 @@ def test_dedup_package_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_shingle_fast_path_splits_like_normalize_text():
+    from falconlm.data.dedup.normalize import normalize_unjoined
+
+    text = "a\u00a0b\u2003c\u2028d\x1ce\u3000f\tg\u0085h Çé—ï"
+    assert normalize_unjoined(text).encode().split() == [w.encode() for w in normalize_text(text).split()]
+    assert normalize_text(text) == "a b c d e f g h ce i"

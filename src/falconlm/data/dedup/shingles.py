@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import xxhash
 
-from falconlm.data.dedup.normalize import normalize_text
+from falconlm.data.dedup.normalize import normalize_text, normalize_unjoined
 from falconlm.errors import FalconError
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd constant: spreads bits when chaining
@@ -50,13 +50,15 @@ def combine_ngrams(units: np.ndarray, n: int) -> np.ndarray:
 def word_unit_hashes(words: Sequence[bytes], seed: int = 0) -> np.ndarray:
     """xxhash64 of each (UTF-8 encoded) word."""
     f = xxhash.xxh64_intdigest
+    if seed == 0:  # map() over the C function: ~25% faster than a generator with a seed argument
+        return np.fromiter(map(f, words), dtype=np.uint64, count=len(words))
     return np.fromiter((f(w, seed) for w in words), dtype=np.uint64, count=len(words))
 
 
 def word_shingles(text: str, n: int = 5, seed: int = 0) -> np.ndarray:
     """Unique hashed word n-grams of the RefinedWeb-normalised text."""
     # Encode once and split the bytes: xxhash wants bytes, and one encode beats one per word.
-    return combine_ngrams(word_unit_hashes(normalize_text(text).encode("utf-8").split(), seed), n)
+    return combine_ngrams(word_unit_hashes(normalize_unjoined(text).encode("utf-8").split(), seed), n)
 
 
 @lru_cache(maxsize=4)
