@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from falconlm.errors import FalconError
+from falconlm.generate.head_screen import screen_for
 from falconlm.generate.sampling import GenerationConfig, next_tokens
-from falconlm.model.falcon import FalconForCausalLM
+from falconlm.model.falcon import FalconForCausalLM, linear
 
 Decode = Callable[[list[int]], str]
 
@@ -66,13 +67,22 @@ def stream_generate(
     tokens = torch.empty(b, t + cfg.max_new_tokens, dtype=torch.long, device=device)
     tokens[:, :t] = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=device)
+    screen = screen_for(model) if cfg.screen_head and not cfg.do_sample and cfg.repetition_penalty == 1.0 else None
+
+    def pick(hidden: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        if screen is not None:
+            exact_argmax = screen.argmax(hidden)
+            if exact_argmax is not None:
+                return exact_argmax
+        return next_tokens(linear(hidden, model.lm_head.weight), seen, cfg, generator)
+
     with torch.inference_mode():
         cache = model.new_cache(b, t + cfg.max_new_tokens)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-        logits = model(input_ids, attention_mask=mask if attention_mask is not None else None, position_ids=positions, cache=cache, logits_to_keep=1)[:, -1]
+        hidden = model.hidden_states(input_ids, attention_mask=mask if attention_mask is not None else None, position_ids=positions, cache=cache)[:, -1]
         next_pos = positions[:, -1:] + 1
         for step in range(cfg.max_new_tokens):
-            new = next_tokens(logits, tokens[:, : t + step], cfg, generator)
+            new = pick(hidden, tokens[:, : t + step])
             new = torch.where(finished, torch.full_like(new, cfg.pad_token_id), new)
             tokens[:, t + step] = new
             if eos.numel():
@@ -84,7 +94,7 @@ def stream_generate(
             yield new
             if bool(finished.all()) or step + 1 == cfg.max_new_tokens:
                 break
-            logits = model(new[:, None], position_ids=next_pos, cache=cache, logits_to_keep=1)[:, -1]
+            hidden = model.hidden_states(new[:, None], position_ids=next_pos, cache=cache)[:, -1]
             next_pos = next_pos + 1
 
 

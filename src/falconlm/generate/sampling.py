@@ -23,6 +23,9 @@ class GenerationConfig:
     pad_token_id: int | None = None  # None -> the first eos id
     stop_strings: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Greedy picks via an int8 screen of the LM head, then exact fp32 logits for the few candidates
+    # (generate/head_screen.py); the token is the same, the head reads a quarter of the bytes.
+    screen_head: bool = True
 
     def validate(self) -> None:
         """Raise FalconError on a setting that cannot work."""

@@ -1,0 +1,74 @@
+"""Exact greedy picks that read a quarter of the LM head.
+
+Batch-1 decode is bound by memory bandwidth, and the (vocab x hidden) LM head is about 40% of the
+bytes a Falcon-7B-shaped model reads per token. For greedy decoding only the argmax is needed, so
+we score every token with an int8 copy of the head, bound the error of that score rigorously, and
+compute exact fp32 logits only for the tokens whose bound reaches the best lower bound. The pick is
+the argmax of exact fp32 logits, the same token a full fp32 head gives.
+
+Error bound for token v with int8 row q_v = round(w_v / s_v), the scale s_v rounded to bf16, and
+the hidden state x rounded to bf16 (unit roundoff u = 2^-8):
+  |w - q s_bf16|           <= s (1/2 + 127 u)         ~ 0.996 s   per element
+  |(x - x_bf16) . q s_bf16| <= ||x||_1 u 127 s (1 + u) ~ 0.498 s ||x||_1
+so |x.w_v - approx_v| <= 1.494 s_v ||x||_1 + (bf16 output rounding) + (fp32 accumulation),
+which `_ERROR_SCALE` = 2, `_OUTPUT_REL` = 2u and an absolute slack over-approximate; a test
+checks the bound against adversarial inputs. If too many candidates survive (a nearly flat
+distribution), the caller falls back to the full head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_AVAILABLE = hasattr(torch, "_weight_int8pack_mm")
+_ERROR_SCALE = 2.0  # >= 1.494, the rounding of w, of its bf16 scale and of the bf16 input (see above)
+_OUTPUT_REL = 2.0**-7  # bf16 rounding of the approximate logit, doubled
+_MAX_CANDIDATES = 4096
+
+
+class HeadScreen:
+    """An int8 shadow of one LM-head weight, for exact argmax over its logits."""
+
+    def __init__(self, weight: torch.Tensor):
+        w = weight.detach()
+        scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        self.q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+        self.scale_bf16 = scale.to(torch.bfloat16)
+        # The bound must cover the scale actually used (bf16-rounded), so take the larger of the two.
+        self.scale_bound = torch.maximum(scale, self.scale_bf16.float())
+        self.weight = weight
+        self.key = (weight.data_ptr(), weight._version)
+
+    @staticmethod
+    def supports(weight: torch.Tensor) -> bool:
+        """Whether screening applies: an fp32 CPU head and a torch with the int8 kernel."""
+        return _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
+
+    def argmax(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Exact argmax of hidden @ weight.T per row (B,), or None when the screen cannot narrow it down."""
+        approx = torch._weight_int8pack_mm(hidden.to(torch.bfloat16).contiguous(), self.q, self.scale_bf16).float()
+        l1 = hidden.abs().sum(dim=1, keepdim=True)
+        err = l1 * self.scale_bound * _ERROR_SCALE + approx.abs() * _OUTPUT_REL + l1 * 1e-6
+        best_lower = (approx - err).amax(dim=1, keepdim=True)
+        candidates = (approx + err) >= best_lower
+        if int(candidates.sum(dim=1).max()) > _MAX_CANDIDATES:
+            return None
+        picks = []
+        for row in range(hidden.shape[0]):
+            ids = candidates[row].nonzero().squeeze(1)
+            exact = F.linear(hidden[row : row + 1], self.weight.detach().index_select(0, ids))
+            picks.append(ids[exact.argmax(dim=1)])
+        return torch.cat(picks)
+
+
+def screen_for(model: torch.nn.Module) -> HeadScreen | None:
+    """The model's cached screen, rebuilt if the head weight changed; None where it does not apply."""
+    weight = model.lm_head.weight
+    if not HeadScreen.supports(weight):
+        return None
+    screen = getattr(model, "_head_screen", None)
+    if screen is None or screen.key != (weight.data_ptr(), weight._version) or screen.weight is not weight:
+        screen = HeadScreen(weight)
+        model._head_screen = screen
+    return screen

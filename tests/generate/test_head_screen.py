@@ -1,0 +1,50 @@
+"""The int8 screen of the LM head: its error bound holds and its pick is the exact fp32 argmax."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from falconlm.generate import head_screen
+from falconlm.generate.generate import generate
+from falconlm.generate.head_screen import HeadScreen, screen_for
+from falconlm.model.config import FalconConfig
+from falconlm.testing import make_pair
+
+pytestmark = pytest.mark.skipif(not head_screen._AVAILABLE, reason="this torch has no int8 weight kernel")
+
+
+def test_error_bound_holds_on_adversarial_inputs():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(3000, 256, generator=g) * 0.02
+    weight[:7] *= 40  # rows with large scales
+    weight[7] = 0.0  # an all-zero row
+    screen = HeadScreen(weight)
+    for trial in range(30):
+        x = torch.randn(4, 256, generator=g) * 10 ** (trial % 5 - 2)
+        if trial % 2:
+            x = torch.sign(weight[trial : trial + 4]) * x.abs()  # aligned with a row's signs: worst case for rounding
+        approx = torch._weight_int8pack_mm(x.bfloat16(), screen.q, screen.scale_bf16).float()
+        l1 = x.abs().sum(1, keepdim=True)
+        bound = l1 * screen.scale_bound * head_screen._ERROR_SCALE + approx.abs() * head_screen._OUTPUT_REL + l1 * 1e-6
+        assert ((x @ weight.T - approx).abs() <= bound).all()
+        assert torch.equal(screen.argmax(x), (x @ weight.T).argmax(dim=1))
+
+
+def test_flat_logits_fall_back_to_the_full_head(monkeypatch):
+    weight = torch.ones(5000, 64) * 0.01
+    weight += torch.randn(5000, 64) * 1e-6
+    monkeypatch.setattr(head_screen, "_MAX_CANDIDATES", 100)
+    assert HeadScreen(weight).argmax(torch.randn(2, 64)) is None
+
+
+def test_screened_greedy_equals_full_head_and_screen_is_refreshed():
+    config = FalconConfig.from_preset("tiny-40b")
+    model, _ = make_pair(config)
+    ids = torch.randint(12, config.vocab_size, (3, 6), generator=torch.Generator().manual_seed(2))
+    full = generate(model, ids, max_new_tokens=20, eos_token_id=[], screen_head=False)
+    assert torch.equal(generate(model, ids, max_new_tokens=20, eos_token_id=[]), full)
+    first = screen_for(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # in-place edit: the cached int8 copy must not be reused
+    assert screen_for(model) is not first
