@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,15 @@ def dist_runs(sample_shards, tmp_path_factory) -> Path:
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(sample_shards), str(out), "ddp,fsdp,ddp-resume"]
     if not torchrun.exists():
         cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Own session, so a hung launch is killed with all its ranks, never left behind.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("torchrun did not finish in 150 s:\n" + output[-3000:])
+    assert proc.returncode == 0, output[-4000:]
     return out
 
 

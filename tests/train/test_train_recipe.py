@@ -147,3 +147,22 @@ def test_config_precedence_yaml_then_flags(tmp_path):
     y.write_text("lr: 1e-3\nbogus: 1\n")
     with pytest.raises(FalconError, match="bogus"):
         TrainConfig.from_sources(str(y))
+
+
+@pytest.mark.parametrize("name,lr,batch,ramp,z", [
+    ("tiny", 1e-2, 16, 2e4, 1e-4),
+    ("rw-1b", 2e-4, 512, 4e9, 0.0),
+    ("falcon-7b", 6e-4, 2304, 3e10, 1e-4),
+    ("falcon-40b", 1.85e-4, 1152, 1e11, 1e-4),
+])
+def test_config_presets_carry_the_falcon_recipe(name, lr, batch, ramp, z):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    cfg = TrainConfig.from_sources(str(path), {"data": "shards"})
+    cfg.validate()
+    assert (cfg.lr, cfg.global_batch_size, cfg.batch_rampup_tokens, cfg.z_loss) == (lr, batch, ramp, z)
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay) == (0.9, 0.95, 0.1)
+    FalconConfig.from_preset(cfg.model)  # the model preset exists
+    s = Schedule(cfg, world_size=8 if name != "tiny" else 1)
+    assert s.total_steps > 0 and s.lr(s.total_tokens) == pytest.approx(cfg.min_lr)

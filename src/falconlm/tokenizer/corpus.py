@@ -50,11 +50,32 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", errors="replace")
 
 
+def _data_readers():
+    """The refine stage's readers (falconlm.data.readers), or None when that package is not available."""
+    try:
+        from falconlm.data import readers
+    except ImportError:  # pragma: no cover - the data pipeline is part of the package
+        return None
+    return readers
+
+
 def iter_texts(paths: list[Path], text_key: str = "text") -> Iterator[str]:
-    """Yield each document's text from every file in order; malformed records are counted and skipped."""
+    """Yield each document's text from every file in order; malformed records are counted and skipped.
+
+    JSONL and Parquet go through the refine stage's readers (same parsing and skip rules as the
+    pipeline that wrote them); plain text files are one document each.
+    """
+    readers = _data_readers()
     for path in paths:
         skipped = 0
         name = path.name
+        if readers is not None and ".txt" not in name and readers.input_format(path) in ("jsonl", "parquet"):
+            from falconlm.data.step import StepStats
+
+            stats = StepStats("read")
+            for doc in readers.read_documents(path, readers.ReaderOptions(text_key=text_key), stats):
+                yield doc.text
+            continue
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
