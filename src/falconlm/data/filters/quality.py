@@ -4,6 +4,7 @@ datatrove's semantics (falcon-facts A.5), so decisions agree with `GopherQuality
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -39,21 +40,28 @@ def is_symbol_char(ch: str) -> bool:
 
 def is_symbol_word(word: str) -> bool:
     """A token made only of punctuation/symbols (datatrove: no char outside its punctuation set)."""
-    return all(is_symbol_char(ch) for ch in word)
+    return not word.isalnum() and all(is_symbol_char(ch) for ch in word)
 
 
 def quality_reason(text: str, words: list[str], config: QualityConfig) -> str | None:
     """The first Gopher quality rule the text breaks (datatrove's order and names), or None."""
     c = config
     n_words = len(words)
-    content = [w for w in words if not is_symbol_word(w)]
-    n_content = len(content)
+    # Per distinct word, not per occurrence: natural text repeats its words a lot.
+    counts = Counter(words)
+    n_content = content_chars = alpha = 0
+    for w, k in counts.items():
+        if not is_symbol_word(w):
+            n_content += k
+            content_chars += len(w) * k
+        if _has_alpha(w):
+            alpha += k
     if c.min_doc_words and n_content < c.min_doc_words:
         return "gopher_short_doc"
     if c.max_doc_words and n_content > c.max_doc_words:
         return "gopher_long_doc"
     if n_content:
-        avg = sum(map(len, content)) / n_content
+        avg = content_chars / n_content
         if c.min_avg_word_length and avg < c.min_avg_word_length:
             return "gopher_below_avg_threshold"
         if c.max_avg_word_length and avg > c.max_avg_word_length:
@@ -73,14 +81,16 @@ def quality_reason(text: str, words: list[str], config: QualityConfig) -> str | 
         ell = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
         if ell / len(lines) > c.max_ellipsis_lines_ratio:
             return "gopher_too_many_end_ellipsis"
-    if c.min_alpha_words_ratio:
-        alpha = sum(1 for w in words if any(ch.isalpha() for ch in w))
-        if alpha / n_words < c.min_alpha_words_ratio:
-            return "gopher_below_alpha_threshold"
+    if c.min_alpha_words_ratio and alpha / n_words < c.min_alpha_words_ratio:
+        return "gopher_below_alpha_threshold"
     if c.min_stop_words:
-        if len(set(c.stop_words).intersection(words)) < c.min_stop_words:
+        if len(set(c.stop_words).intersection(counts)) < c.min_stop_words:
             return "gopher_enough_stop_words"
     return None
+
+
+def _has_alpha(word: str) -> bool:
+    return word.isalpha() or any(ch.isalpha() for ch in word)
 
 
 class QualityFilter(PipelineStep):

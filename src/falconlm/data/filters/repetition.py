@@ -70,33 +70,44 @@ def top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
     if len(ids) < n:
         return 0
     h = _ngram_hashes(ids, n)
-    _, first, counts = np.unique(h, return_index=True, return_counts=True)
+    uniq, counts = np.unique(h, return_counts=True)  # a plain sort: cheaper than return_index
     best = counts.max()
-    start = int(first[counts == best].min())
+    tied = uniq[counts == best]
+    # first position whose n-gram is one of the most frequent = Counter.most_common's tie-break
+    start = int(np.argmax(h == tied[0])) if len(tied) == 1 else int(np.flatnonzero(np.isin(h, tied))[0])
     return (int(lengths[start : start + n].sum()) + n - 1) * int(best)
 
 
 def duplicate_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int, h: np.ndarray | None = None) -> int:
-    """Characters inside repeated n-grams, datatrove's greedy jump-by-n count."""
+    """Characters inside repeated n-grams, datatrove's greedy jump-by-n count.
+
+    Only positions whose n-gram occurs at least twice can change the count (the others just
+    advance the cursor by one and add a never-repeated n-gram to the seen set), so the sequential
+    loop runs over those positions alone."""
     m = len(ids) - n + 1
     if m <= 1:
         return 0
     if h is None:
         h = _ngram_hashes(ids, n)
-    hl = h.tolist()
-    cum = np.concatenate(([0], np.cumsum(lengths))).tolist()
+    uniq, counts = np.unique(h, return_counts=True)
+    repeated = uniq[counts >= 2]
+    if len(repeated) == 0:
+        return 0
+    relevant = np.flatnonzero(np.isin(h, repeated))
+    cum = np.concatenate(([0], np.cumsum(lengths)))
+    span = (cum[relevant + n] - cum[relevant]).tolist()
+    keys = h[relevant].tolist()
     seen: set[int] = set()
-    add = seen.add
     chars = 0
-    i = 0
-    while i < m:
-        x = hl[i]
-        if x in seen:
-            chars += cum[i + n] - cum[i]
-            i += n
+    skip_until = 0
+    for p, key, width in zip(relevant.tolist(), keys, span):
+        if p < skip_until:
+            continue  # jumped over: never visited, never added to the seen set
+        if key in seen:
+            chars += width
+            skip_until = p + n
         else:
-            add(x)
-            i += 1
+            seen.add(key)
     return chars
 
 
@@ -121,9 +132,10 @@ def repetition_reason(text: str, words: list[str], config: RepetitionConfig) -> 
 
     if not words:
         return None
+    # word ids: equal iff the words are equal (map + setdefault runs in C)
     vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab) + 1) for w in words), dtype=np.uint64, count=len(words))
-    lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+    ids = np.array(list(map(vocab.setdefault, words, range(1, len(words) + 1))), dtype=np.uint64)
+    lengths = np.array(list(map(len, words)), dtype=np.int64)
     for n, frac in c.top_n_grams:
         if len(words) >= n and top_ngram_chars(ids, lengths, n) / L > frac:
             return f"top_{n}_gram"
@@ -131,12 +143,14 @@ def repetition_reason(text: str, words: list[str], config: RepetitionConfig) -> 
         return None
     # If no n-gram of the smallest size repeats, no longer one can: every rule passes.
     n_min = min(n for n, _ in c.dup_n_grams)
+    h_min = None
     if len(words) - n_min + 1 > 1:
         h_min = _ngram_hashes(ids, n_min)
         if len(np.unique(h_min)) == len(h_min):
             return None
     for n, frac in c.dup_n_grams:
-        if duplicate_ngram_chars(ids, lengths, n) / L > frac:
+        h = h_min if n == n_min and len(words) - n_min + 1 > 1 else None
+        if duplicate_ngram_chars(ids, lengths, n, h) / L > frac:
             return f"duplicated_{n}_n_grams"
     return None
 

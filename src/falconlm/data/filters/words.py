@@ -268,15 +268,29 @@ def _merge_specials(toks: list[str]) -> list[str]:
     return merged
 
 
+_CACHE: dict[str, tuple[str, ...]] = {}
+_CACHE_MAX = 500_000  # chunks repeat (Zipf): a plain dict, cleared when full, beats re-tokenising
+
+
 def split_words(text: str) -> list[str]:
     """Word tokens of `text`, spaCy-`en`-like (whitespace never part of a token)."""
     out: list[str] = []
+    append, extend = out.append, out.extend
     specials = SPECIALS
+    cache = _CACHE
     for chunk in text.split():
         if (chunk.isalpha() or chunk.isdigit()) and chunk not in specials:
-            out.append(chunk)
-        else:
-            _tokenize_chunk(chunk, out)
+            append(chunk)
+            continue
+        toks = cache.get(chunk)
+        if toks is None:
+            buf: list[str] = []
+            _tokenize_chunk(chunk, buf)
+            toks = tuple(buf)
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[chunk] = toks
+        extend(toks)
     return out
 
 
