@@ -96,6 +96,9 @@ class SignatureTask:
 
         n = unsigned = 0
         texts: list[str] = []
+        # Documents signed together: up to BATCH_DOCS, fewer when their signature matrix
+        # (docs x hashes x 8 bytes) would take more than a quarter of the budget.
+        batch = max(8, min(BATCH_DOCS, self.res.memory_bytes // (4 * 8 * cfg.num_hashes)))
 
         def flush() -> None:
             nonlocal buffered, unsigned
@@ -118,7 +121,7 @@ class SignatureTask:
         for doc in iter_shard(self.path, self.res):
             texts.append(doc.text)
             n += 1
-            if len(texts) >= BATCH_DOCS:
+            if len(texts) >= batch:
                 flush()
         if texts:
             flush()
