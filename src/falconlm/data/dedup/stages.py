@@ -82,7 +82,8 @@ def estimate(config: DedupConfig, n_docs: int, avg_chars: float = 3000.0, worker
     corpus = n_docs * avg_chars * 0.35  # jsonl.zst output, ~0.35 byte per character
     if config.minhash is not None:
         m = config.minhash
-        sig_batch = 256 * m.num_hashes * 8 + MinHasher.BLOCK_ELEMENTS * 8 * 2
+        batch = max(8, min(256, res.memory_bytes // (4 * 8 * m.num_hashes)))
+        sig_batch = batch * m.num_hashes * 8 + MinHasher.BLOCK_ELEMENTS * 8 * 3
         est["stages"]["minhash"] = {
             "disk_signatures": n_docs * m.bands * 16,
             "memory_per_task": min(res.memory_bytes, max(1 << 16, res.memory_bytes // 2) + n_docs * m.bands * 16) + sig_batch,
