@@ -44,3 +44,66 @@ class KVCache:
         self.keys[layer, :, :, slots] = key
         self.values[layer, :, :, slots] = value
         return self.keys[layer, :, :, : slots.stop], self.values[layer, :, :, : slots.stop]
+
+    # ----- row management for continuous batching (serve/engine.py) -----
+    def rows(self, n: int) -> "KVCache":
+        """A view of the first n rows that shares this cache's storage (copy `length` back after use)."""
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values = self.keys[:, :n], self.values[:, :n]
+        view.positions, view.valid = self.positions[:n], self.valid[:n]
+        view.max_length, view.length = self.max_length, self.length
+        return view
+
+    def advance(self, n: int) -> None:
+        """Claim n more slots as padding (invalid in every row), so a longer prompt fits under the pointer."""
+        if self.length + n > self.max_length:
+            raise FalconError(f"KV cache is full: {self.length} + {n} tokens exceed its {self.max_length} slots")
+        self.valid[:, self.length : self.length + n] = False
+        self.length += n
+
+    def insert_row(self, row: int, source: "KVCache", source_row: int = 0) -> None:
+        """Copy source's filled prefix (P slots) into `row` at slots [length - P, length); earlier slots become padding."""
+        p = source.length
+        if p > self.length:
+            raise FalconError(f"a {p}-token prefix does not fit under the fill pointer ({self.length}); advance first")
+        start = self.length - p
+        self.keys[:, row, :, start : self.length] = source.keys[:, source_row, :, :p]
+        self.values[:, row, :, start : self.length] = source.values[:, source_row, :, :p]
+        self.positions[row, start : self.length] = source.positions[source_row, :p]
+        self.valid[row, :start] = False
+        self.valid[row, start : self.length] = source.valid[source_row, :p]
+        self.valid[row, self.length :] = False
+
+    def free_row(self, row: int) -> None:
+        """Mark every slot of a row as padding."""
+        self.valid[row] = False
+
+    def move_row(self, source: int, dest: int) -> None:
+        """Copy row `source` (its filled slots) onto row `dest`, then free `source`."""
+        n = self.length
+        self.keys[:, dest, :, :n] = self.keys[:, source, :, :n]
+        self.values[:, dest, :, :n] = self.values[:, source, :, :n]
+        self.positions[dest, :n] = self.positions[source, :n]
+        self.valid[dest] = self.valid[source]
+        self.free_row(source)
+
+    def leading_padding(self, n: int) -> int:
+        """How many leading slots are padding in all of the first n rows (what `compact` can drop)."""
+        if n == 0 or self.length == 0:
+            return self.length
+        any_valid = self.valid[:n, : self.length].any(dim=0)
+        first = int(any_valid.int().argmax()) if bool(any_valid.any()) else self.length
+        return first
+
+    def compact(self, shift: int) -> None:
+        """Shift every row left by `shift` slots (which must be padding everywhere) and move the pointer back."""
+        if shift <= 0:
+            return
+        n = self.length
+        keep = n - shift
+        self.keys[:, :, :, :keep] = self.keys[:, :, :, shift:n].clone()
+        self.values[:, :, :, :keep] = self.values[:, :, :, shift:n].clone()
+        self.positions[:, :keep] = self.positions[:, shift:n].clone()
+        self.valid[:, :keep] = self.valid[:, shift:n].clone()
+        self.valid[:, keep:n] = False
+        self.length = keep

@@ -1,0 +1,394 @@
+"""Continuous batching: one engine thread owns the model and a shared KV cache of `max_batch_size` rows.
+
+Each step the engine (1) drops cancelled requests, (2) admits waiting requests into free rows
+(each prefilled alone, batch 1, then its keys/values copied into the shared cache, right-aligned
+under the fill pointer so its earlier slots are padding), (3) decodes one token for every active
+row in a single forward pass. Keys are stored after RoPE and attention masks come from per-slot
+validity, so a row's tokens are the tokens it would get alone. Finished or cancelled rows are
+freed between steps (the last active row moves into the hole, keeping active rows a prefix);
+when padding piles up at the front, the cache is compacted.
+
+Requests talk to the engine through `Sequence` objects; events reach the asyncio side through
+`loop.call_soon_threadsafe`, so HTTP handlers never block on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from falconlm.errors import FalconError
+from falconlm.generate.head_screen import screen_for
+from falconlm.generate.sampling import GenerationConfig, next_tokens
+from falconlm.model.falcon import FalconForCausalLM, linear
+
+log = logging.getLogger("falconlm.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the caller answers 503."""
+
+
+@dataclass
+class TokenInfo:
+    """One generated token with its log-probability and the top alternatives (log_softmax of the raw logits)."""
+
+    id: int
+    text: str
+    logprob: float | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    """What the engine reports after a step: new tokens, visible text, and the finish reason at the end."""
+
+    tokens: list[TokenInfo]
+    text: str
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_logprobs: list[TokenInfo] | None = None
+
+
+@dataclass
+class SamplingParams:
+    """Per-request settings (one request = one row)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # top alternatives per generated token (None: no logprobs)
+    prompt_logprobs: int | None = None  # with echo: logprobs of every prompt token
+    ignore_eos: bool = False
+
+    def generation_config(self, eos: list[int]) -> GenerationConfig:
+        """The equivalent GenerationConfig (temperature 0 = greedy)."""
+        sample = self.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=self.max_tokens,
+            do_sample=sample,
+            temperature=self.temperature if sample else 1.0,
+            top_k=self.top_k if self.top_k and self.top_k > 0 else None,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            eos_token_id=[] if self.ignore_eos else eos,
+            stop_strings=list(self.stop),
+            seed=self.seed,
+        )
+
+
+class Sequence:
+    """One request's state: prompt, settings, generated tokens, its row, and its event sink."""
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        loop: asyncio.AbstractEventLoop | None = None,
+        queue: "asyncio.Queue[tuple[int, Event]] | None" = None,
+        index: int = 0,
+    ):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.loop = loop
+        self.index = index  # which choice of the response this is; events go to the queue as (index, event)
+        self.queue = queue if queue is not None else (asyncio.Queue() if loop is not None else None)
+        self.events: list[Event] = []  # when there is no loop (direct use from threads/tests)
+        self.done = threading.Event()
+        self.cancelled = False
+        self.generated: list[int] = []
+        self.emitted_text = ""
+        self.finish_reason: str | None = None
+        self.cfg: GenerationConfig | None = None
+        self.generator: torch.Generator | None = None
+        self.seen: torch.Tensor | None = None
+        self.next_pos = 0
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Number of prompt tokens."""
+        return len(self.prompt_ids)
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to generate (each needs one decode step and one cache slot)."""
+        return self.params.max_tokens - len(self.generated)
+
+    def _emit(self, event: Event) -> None:
+        if event.finish_reason is not None or event.error is not None:
+            self.done.set()
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, event))
+            except RuntimeError:  # the loop is gone (client and server shut down)
+                self.cancelled = True
+        else:
+            self.events.append(event)
+
+
+class Engine:
+    """The batching engine; `submit` a Sequence, read its events, `cancel` it when the client leaves."""
+
+    def __init__(self, model: FalconForCausalLM, tokenizer: Any, max_batch_size: int = 8, max_queue: int = 64, max_length: int | None = None):
+        if max_batch_size < 1:
+            raise FalconError(f"--max-batch-size must be >= 1, got {max_batch_size}")
+        if max_queue < 1:
+            raise FalconError(f"--max-queue must be >= 1, got {max_queue}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_length = max_length or model.config.max_position_embeddings
+        eos = model.config.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        self.cache = model.new_cache(max_batch_size, self.max_length)
+        self.screen = screen_for(model)
+        self.active: list[Sequence] = []  # active[i] owns cache row i
+        self.waiting: deque[Sequence] = deque()
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.stats = {"steps": 0, "max_active": 0, "admitted": 0, "compactions": 0, "finished": 0, "cancelled": 0}
+        self.thread = threading.Thread(target=self._run, name="falconlm-engine", daemon=True)
+        self.thread.start()
+
+    # ----- the public side (called from the HTTP event loop) -----
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences (all or none); raises QueueFull when they do not fit in the waiting queue."""
+        with self.cond:
+            if self.stopped:
+                raise FalconError("the engine is shut down")
+            if len(self.waiting) + len(seqs) > self.max_queue:
+                raise QueueFull(f"the server queue is full ({self.max_queue} waiting requests); retry shortly")
+            self.waiting.extend(seqs)
+            self.cond.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop a sequence (client gone); its row is freed before the next step."""
+        if not seq.done.is_set():
+            seq.cancelled = True
+            with self.cond:
+                self.cond.notify()
+
+    def load(self) -> dict[str, int]:
+        """Active rows and waiting requests, for /health."""
+        return {"active": len(self.active), "waiting": len(self.waiting), "max_batch_size": self.max_batch_size, "max_queue": self.max_queue}
+
+    def close(self) -> None:
+        """Stop the engine thread; pending sequences end with an error event."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        self.thread.join(timeout=10)
+
+    # ----- the engine thread -----
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.cond:
+                while not self.stopped and not self.active and not self.waiting:
+                    self.cond.wait()
+                if self.stopped:
+                    break
+            try:
+                with torch.inference_mode():
+                    self._step()
+            except Exception as exc:  # never let one bad step kill the server: fail the batch, keep serving
+                log.exception("engine step failed")
+                for seq in list(self.active) + list(self.waiting):
+                    seq._emit(Event([], "", error=f"internal error: {exc}"))
+                self.active.clear()
+                with self.cond:
+                    self.waiting.clear()
+                self.cache.valid.zero_()
+                self.cache.length = 0
+        for seq in list(self.active) + list(self.waiting):
+            seq._emit(Event([], "", error="the server is shutting down"))
+
+    def _step(self) -> None:
+        for i in reversed(range(len(self.active))):
+            if self.active[i].cancelled:
+                self.stats["cancelled"] += 1
+                self._free(i)
+        self._admit()
+        if self.active:
+            self._decode()
+            self.stats["steps"] += 1
+
+    def _admit(self) -> None:
+        while len(self.active) < self.max_batch_size:
+            with self.cond:
+                while self.waiting and self.waiting[0].cancelled:
+                    self.waiting.popleft()
+                    self.stats["cancelled"] += 1
+                if not self.waiting:
+                    return
+                seq = self.waiting[0]
+                if not self._fits(seq):
+                    if not self.active:  # an empty cache always fits a validated request
+                        self.cache.valid.zero_()
+                        self.cache.length = 0
+                    else:
+                        self._compact(force=True)
+                        if not self._fits(seq):
+                            return  # wait for rows to finish (first come, first served)
+                self.waiting.popleft()
+            self.stats["admitted"] += 1
+            self._prefill(seq)
+
+    def _fits(self, seq: Sequence) -> bool:
+        new_length = max(self.cache.length, seq.prompt_tokens)
+        need = max([s.remaining for s in self.active] + [seq.params.max_tokens - 1, 0])
+        return new_length + need <= self.max_length
+
+    def _compact(self, force: bool = False) -> None:
+        if not self.active:
+            self.cache.valid.zero_()
+            self.cache.length = 0
+            return
+        shift = self.cache.leading_padding(len(self.active))
+        # Attention reads every slot up to the pointer, so drop a large padded front even when not forced.
+        if shift and (force or (shift >= 32 and shift * 2 >= self.cache.length)):
+            self.cache.compact(shift)
+            self.stats["compactions"] += 1
+
+    def _prefill(self, seq: Sequence) -> None:
+        model, p = self.model, seq.params
+        seq.cfg = p.generation_config(self.eos_ids)
+        if seq.cfg.do_sample:
+            seq.generator = torch.Generator(device=model.device)
+            seq.generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=model.device)
+        n = ids.shape[1]
+        own = model.new_cache(1, n)
+        hidden = model.hidden_states(ids, position_ids=torch.arange(n, device=model.device)[None], cache=own)
+        prompt_lp = None
+        if p.prompt_logprobs is not None:
+            logp = linear(hidden[0, :-1], model.lm_head.weight).float().log_softmax(-1)
+            prompt_lp = [TokenInfo(seq.prompt_ids[0], self._piece(seq.prompt_ids[0]))]
+            prompt_lp += self._infos(logp, ids[0, 1:], p.prompt_logprobs)
+        seq.seen = ids
+        seq.next_pos = n
+        if p.max_tokens == 0:
+            seq.finish_reason = "length"
+            seq._emit(Event([], "", finish_reason="length", prompt_logprobs=prompt_lp))
+            self.stats["finished"] += 1
+            return
+        token, info = self._pick([seq], hidden[:, -1])
+        if self._advance(seq, token[0], info[0], prompt_lp):
+            self.stats["finished"] += 1
+            return
+        # Place it: the prompt's P slots end at the fill pointer; padding covers the rest of the row.
+        if self.cache.length < n:
+            self.cache.advance(n - self.cache.length)
+        row = len(self.active)
+        self.cache.insert_row(row, own)
+        self.active.append(seq)
+        self.stats["max_active"] = max(self.stats["max_active"], len(self.active))
+
+    def _decode(self) -> None:
+        self._compact()
+        n = len(self.active)
+        view = self.cache.rows(n)
+        last = torch.tensor([[s.generated[-1]] for s in self.active], dtype=torch.long, device=self.model.device)
+        pos = torch.tensor([[s.next_pos] for s in self.active], dtype=torch.long, device=self.model.device)
+        hidden = self.model.hidden_states(last, position_ids=pos, cache=view)[:, -1]
+        self.cache.length = view.length
+        for s in self.active:
+            s.next_pos += 1
+        tokens, infos = self._pick(self.active, hidden)
+        for i in reversed(range(n)):
+            if self._advance(self.active[i], tokens[i], infos[i], None):
+                self.stats["finished"] += 1
+                self._free(i)
+
+    def _pick(self, seqs: list[Sequence], hidden: torch.Tensor) -> tuple[list[int], list[TokenInfo | None]]:
+        """Next token per row: greedy rows through the exact int8 head screen, the rest from full logits."""
+        picks: list[int | None] = [None] * len(seqs)
+        infos: list[TokenInfo | None] = [None] * len(seqs)
+        fast = [i for i, s in enumerate(seqs) if not s.cfg.do_sample and s.cfg.repetition_penalty == 1.0 and s.params.logprobs is None]
+        if fast and self.screen is not None:
+            found = self.screen.argmax(hidden[fast])
+            if found is not None:
+                for i, t in zip(fast, found.tolist()):
+                    picks[i] = t
+        rest = [i for i in range(len(seqs)) if picks[i] is None]
+        if rest:
+            logits = linear(hidden[rest], self.model.lm_head.weight).float()
+            for j, i in enumerate(rest):
+                s = seqs[i]
+                row = logits[j : j + 1]
+                picks[i] = int(next_tokens(row, s.seen, s.cfg, s.generator)[0])
+                if s.params.logprobs is not None:
+                    infos[i] = self._infos(row.log_softmax(-1), torch.tensor([picks[i]]), s.params.logprobs)[0]
+        return picks, infos
+
+    def _infos(self, logp: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenInfo]:
+        """TokenInfo per row of (T, vocab) log-probabilities for the chosen ids, with the top k alternatives."""
+        picked = logp.gather(1, chosen[:, None].to(logp.device))[:, 0].tolist()
+        tops = torch.topk(logp, k, dim=-1) if k > 0 else None
+        out = []
+        for t, tok in enumerate(chosen.tolist()):
+            top = list(zip(tops.indices[t].tolist(), tops.values[t].tolist())) if tops is not None else []
+            out.append(TokenInfo(tok, self._piece(tok), picked[t], top))
+        return out
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+    def _advance(self, seq: Sequence, token: int, info: TokenInfo | None, prompt_lp: list[TokenInfo] | None) -> bool:
+        """Record a new token, emit the visible text, and say whether the sequence is finished."""
+        if seq.first_token_at is None:
+            seq.first_token_at = time.perf_counter()
+        seq.generated.append(token)
+        seq.seen = torch.cat([seq.seen, torch.tensor([[token]], dtype=torch.long, device=seq.seen.device)], dim=1)
+        info = info or TokenInfo(token, self._piece(token))
+        finish = None
+        if token in seq.cfg.eos_ids:
+            finish = "stop"
+        body = seq.generated[:-1] if finish else seq.generated
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        stops = seq.params.stop
+        if stops and finish is None:
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        if finish is None and seq.remaining <= 0:
+            finish = "length"
+        if finish is None:
+            # Hold back an incomplete UTF-8 character and any tail that may grow into a stop string.
+            visible = text.rstrip("\ufffd")
+            hold = max((k for s in stops for k in range(1, len(s)) if visible.endswith(s[:k])), default=0)
+            visible = visible[: len(visible) - hold]
+        else:
+            visible = text
+        if not visible.startswith(seq.emitted_text):  # a merge changed earlier bytes: never rewrite what was sent
+            visible = seq.emitted_text
+        delta, seq.emitted_text = visible[len(seq.emitted_text) :], visible
+        seq.finish_reason = finish
+        seq._emit(Event([info], delta, finish_reason=finish, prompt_logprobs=prompt_lp))
+        return finish is not None
+
+    def _free(self, row: int) -> None:
+        last = len(self.active) - 1
+        if row != last:
+            self.cache.move_row(last, row)
+            self.active[row] = self.active[last]
+        else:
+            self.cache.free_row(row)
+        self.active.pop()
+        if not self.active:
+            self.cache.valid.zero_()
+            self.cache.length = 0
