@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
+import sys
 from pathlib import Path
 
 import pytest
 
-WORDS = "the falcon flies over the desert at dawn while models learn to predict the next token of web text".split()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_helpers, under --import-mode=importlib
 
-
-def _texts(n: int = 400) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) + rng.choice([".", "!", "?", ", 123"]) for _ in range(n)]
-
-
-def build_checkpoint(out: Path, preset: str = "tiny-7b", seed: int = 0, **overrides) -> Path:
-    """A random-weight checkpoint of `preset` with a 300-token trained tokenizer, written to `out`."""
-    from falconlm.model.config import FalconConfig
-    from falconlm.model.falcon import build_model
-    from falconlm.tokenizer.falcon import train_tokenizer
-
-    tok = train_tokenizer(_texts(), vocab_size=300, show_progress=False)
-    tok_dir = out.parent / f"{out.name}-tok"
-    tok.save(tok_dir)
-    config = FalconConfig.from_preset(preset, vocab_size=tok.vocab_size, **overrides)
-    model = build_model(config, seed=seed)
-    model.save_pretrained(out, tokenizer_dir=tok_dir)
-    return out
+from serve_helpers import build_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +33,32 @@ def loaded(tiny_ckpt):
     return FalconForCausalLM.from_pretrained(tiny_ckpt).eval(), FalconTokenizer.load(tiny_ckpt)
 
 
-def run(coro):
-    """Run a coroutine to completion on a fresh event loop."""
-    return asyncio.run(coro)
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models decode fastest on one intra-op thread (thread hand-offs cost more than the matmuls on a busy box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def make_app(loaded):
+    """make_app(**engine_kwargs) -> (app, engine) over the tiny-7b model; engines are closed after the test."""
+    from falconlm.generate.chat_template import ChatTemplate
+    from falconlm.serve.app import create_app
+    from falconlm.serve.engine import Engine
+
+    engines = []
+
+    def factory(api_key=None, template=None, **kw):
+        model, tok = loaded
+        engine = Engine(model, tok, **{"max_batch_size": 8, **kw})
+        engines.append(engine)
+        return create_app(engine, tok, "tiny", template or ChatTemplate(), api_key=api_key), engine
+
+    yield factory
+    for e in engines:
+        e.close()

@@ -142,7 +142,15 @@ class Sequence:
 class Engine:
     """The batching engine; `submit` a Sequence, read its events, `cancel` it when the client leaves."""
 
-    def __init__(self, model: FalconForCausalLM, tokenizer: Any, max_batch_size: int = 8, max_queue: int = 64, max_length: int | None = None):
+    def __init__(
+        self,
+        model: FalconForCausalLM,
+        tokenizer: Any,
+        max_batch_size: int = 8,
+        max_queue: int = 64,
+        max_length: int | None = None,
+        start: bool = True,
+    ):
         if max_batch_size < 1:
             raise FalconError(f"--max-batch-size must be >= 1, got {max_batch_size}")
         if max_queue < 1:
@@ -162,11 +170,15 @@ class Engine:
         self.stopped = False
         self.stats = {"steps": 0, "max_active": 0, "admitted": 0, "compactions": 0, "finished": 0, "cancelled": 0}
         self.thread = threading.Thread(target=self._run, name="falconlm-engine", daemon=True)
-        self.thread.start()
+        if start:  # start=False: the caller drives `step()` itself (tests: deterministic interleavings)
+            self.thread.start()
 
     # ----- the public side (called from the HTTP event loop) -----
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue sequences (all or none); raises QueueFull when they do not fit in the waiting queue."""
+        for s in seqs:
+            if not s.prompt_ids or s.prompt_tokens + s.params.max_tokens > self.max_length:
+                raise FalconError(f"prompt ({s.prompt_tokens} tokens) + max_tokens ({s.params.max_tokens}) must be 1..{self.max_length} tokens")
         with self.cond:
             if self.stopped:
                 raise FalconError("the engine is shut down")
@@ -191,7 +203,8 @@ class Engine:
         with self.cond:
             self.stopped = True
             self.cond.notify()
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
 
     # ----- the engine thread -----
     def _run(self) -> None:
@@ -203,8 +216,7 @@ class Engine:
                 if self.stopped:
                     break
             try:
-                with torch.inference_mode():
-                    self._step()
+                self.step()
             except Exception as exc:  # never let one bad step kill the server: fail the batch, keep serving
                 log.exception("engine step failed")
                 for seq in list(self.active) + list(self.waiting):
@@ -216,6 +228,11 @@ class Engine:
                 self.cache.length = 0
         for seq in list(self.active) + list(self.waiting):
             seq._emit(Event([], "", error="the server is shutting down"))
+
+    def step(self) -> None:
+        """One engine step: drop cancelled rows, admit waiting requests, decode one token for every active row."""
+        with torch.inference_mode():
+            self._step()
 
     def _step(self) -> None:
         for i in reversed(range(len(self.active))):
