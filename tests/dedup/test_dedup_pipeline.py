@@ -304,3 +304,24 @@ def test_input_changed_between_stages_is_refused(small_corpus, tmp_path):
     shutil.rmtree(tmp_path / "run" / "markers" / "minhash-filter")
     with pytest.raises(FalconError, match=f"{copies[1].name} holds .* documents but held"):
         _run(copies, tmp_path / "run", cfg)
+
+
+def test_custom_text_key_through_all_methods(small_corpus, tmp_path, read_output):
+    from falconlm.cli import main
+
+    shards, _ = small_corpus
+    src = tmp_path / "in.jsonl"
+    with open(src, "w", encoding="utf-8") as f:
+        for p in shards:
+            for line in open(p, encoding="utf-8"):
+                d = json.loads(line)
+                f.write(json.dumps({"doc_id": d["id"], "content": d["text"], "url": d["url"]}) + "\n")
+    rc = main(["dedup", str(src), "--out", str(tmp_path / "run"), "--text-key", "content", "--id-key", "doc_id",
+               "--minhash", "fineweb", "--exact-substring", "--url", "--no-progress"])
+    assert rc == 0
+    out = read_output(tmp_path / "run")
+    assert out and all(d["id"].startswith("d") and d["text"] for d in out)
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    assert [s["name"] for s in stats["steps"]] == ["minhash", "exact_substring", "url_dedup"]
+    assert stats["steps"][1]["docs_in"] == stats["steps"][0]["docs_out"]
+    assert (tmp_path / "run" / "report.html").exists()

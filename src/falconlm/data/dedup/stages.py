@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,18 @@ def dedup_stage_list(config: DedupConfig, verbose: bool = True) -> list:
     from falconlm.data.dedup.url import UrlDedupStage
 
     stages: list = []
+
+    def res() -> Resources:
+        # Only the first stage reads the user's files; later ones read our shards, whose
+        # records always use the standard "text" / "id" keys.
+        return config.resources if not stages else replace(config.resources, text_key="text", id_key="id")
+
     if config.minhash is not None:
-        stages.append(MinHashStage(config.minhash, config.resources, config.bucket_groups, verbose))
+        stages.append(MinHashStage(config.minhash, res(), config.bucket_groups, verbose))
     if config.exact_substring is not None:
-        stages.append(ExactSubstringStage(config.exact_substring, config.resources))
+        stages.append(ExactSubstringStage(config.exact_substring, res()))
     if config.url is not None:
-        stages.append(UrlDedupStage(config.url, config.resources))
+        stages.append(UrlDedupStage(config.url, res()))
     return stages
 
 
