@@ -176,3 +176,13 @@ def test_corrupt_gzip_member_in_the_middle_is_skipped(tmp_path):
     docs, st = read_all(path)
     assert [d.url for d in docs] == ["http://a.example/0", "http://a.example/2", "http://a.example/3"]
     assert st.dropped["corrupt_compression"] >= 1
+
+
+def test_slices_count_skipped_records_once(tmp_path):
+    recs = [record(f"http://a.example/{i}", html_page("S", [f"page {i}"])) for i in range(4)]
+    recs.insert(2, b"garbage line\r\n\r\n")
+    path = write_warc(tmp_path / "s.warc.gz", recs)
+    total = StepStats("read")
+    for k in range(3):
+        list(read_documents(path, ReaderOptions(slice_index=k, num_slices=3), total))
+    assert total.dropped["malformed_record"] == 1 and total.docs_out == 4

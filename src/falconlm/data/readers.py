@@ -181,7 +181,9 @@ def read_documents(
     options = options or ReaderOptions()
     stats = stats if stats is not None else StepStats("read")
     fmt = input_format(path)
-    inner = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path, options, stats)
+    # Every slice reads the whole file; only slice 0 counts the records the reader skips.
+    skip_stats = stats if options.slice_index == 0 else StepStats("read")
+    inner = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path, options, skip_stats)
     n = 0
     for i, doc in enumerate(inner):
         if options.num_slices > 1 and i % options.num_slices != options.slice_index:

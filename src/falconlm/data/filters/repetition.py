@@ -65,11 +65,35 @@ def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return h
 
 
-def top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int) -> int:
+def _hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """n-gram hashes, extended from the (n-1)-gram ones of the same array when cached (the hash
+    is defined word by word, so h_n[i] = step(h_{n-1}[i], ids[i+n-1]))."""
+    cache = _HASH_CACHE
+    if cache.get("ids") is not ids:
+        cache.clear()
+        cache["ids"] = ids
+    if n in cache:
+        return cache[n]
+    prev = cache.get(n - 1)
+    if prev is None:
+        h = _ngram_hashes(ids, n)
+    else:
+        m = len(ids) - n + 1
+        with np.errstate(over="ignore"):
+            h = (prev[:m] ^ ids[n - 1 : n - 1 + m]) * _MIX + np.uint64(n)
+    cache[n] = h
+    return h
+
+
+_HASH_CACHE: dict = {}
+
+
+def top_ngram_chars(ids: np.ndarray, lengths: np.ndarray, n: int, h: np.ndarray | None = None) -> int:
     """len(" ".join(most common n-gram)) * its count; ties go to the n-gram seen first."""
     if len(ids) < n:
         return 0
-    h = _ngram_hashes(ids, n)
+    if h is None:
+        h = _ngram_hashes(ids, n)
     uniq, counts = np.unique(h, return_counts=True)  # a plain sort: cheaper than return_index
     best = counts.max()
     tied = uniq[counts == best]
@@ -137,7 +161,7 @@ def repetition_reason(text: str, words: list[str], config: RepetitionConfig) -> 
     ids = np.array(list(map(vocab.setdefault, words, range(1, len(words) + 1))), dtype=np.uint64)
     lengths = np.array(list(map(len, words)), dtype=np.int64)
     for n, frac in c.top_n_grams:
-        if len(words) >= n and top_ngram_chars(ids, lengths, n) / L > frac:
+        if len(words) >= n and top_ngram_chars(ids, lengths, n, _hashes(ids, n)) / L > frac:
             return f"top_{n}_gram"
     if not c.dup_n_grams:
         return None
@@ -145,11 +169,11 @@ def repetition_reason(text: str, words: list[str], config: RepetitionConfig) -> 
     n_min = min(n for n, _ in c.dup_n_grams)
     h_min = None
     if len(words) - n_min + 1 > 1:
-        h_min = _ngram_hashes(ids, n_min)
+        h_min = _hashes(ids, n_min)
         if len(np.unique(h_min)) == len(h_min):
             return None
     for n, frac in c.dup_n_grams:
-        h = h_min if n == n_min and len(words) - n_min + 1 > 1 else None
+        h = _hashes(ids, n) if len(words) - n + 1 > 1 else None
         if duplicate_ngram_chars(ids, lengths, n, h) / L > frac:
             return f"duplicated_{n}_n_grams"
     return None

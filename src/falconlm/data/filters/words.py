@@ -22,6 +22,7 @@ benchmarks/bench_refine.py.
 from __future__ import annotations
 
 import re
+from itertools import chain
 
 _LOWER = "a-zß-öø-ÿ"
 _UPPER = "A-ZÀ-ÖØ-Þ"
@@ -268,30 +269,38 @@ def _merge_specials(toks: list[str]) -> list[str]:
     return merged
 
 
-_CACHE: dict[str, tuple[str, ...]] = {}
-_CACHE_MAX = 500_000  # chunks repeat (Zipf): a plain dict, cleared when full, beats re-tokenising
+_WORD_PUNCT = re.compile(r"([^\W\d_]+)([,;:!?)\]}\"”’]|\.)\Z")
+
+
+class _ChunkCache(dict):
+    """chunk -> its tokens; a miss tokenises the chunk (the dict lookup itself runs in C)."""
+
+    def __missing__(self, chunk: str) -> tuple[str, ...]:
+        m = None
+        if (chunk.isalpha() or chunk.isdigit()) and chunk not in SPECIALS:
+            toks: tuple[str, ...] = (chunk,)
+        elif (m := _WORD_PUNCT.match(chunk)) and m.group(1) not in SPECIALS and chunk not in SPECIALS and (
+            m.group(2) != "." or m.group(1)[-1].islower()
+        ):
+            # the commonest shape, "word," / "word." / "word)": one suffix off a plain word
+            toks = (m.group(1), m.group(2))
+        else:
+            buf: list[str] = []
+            _tokenize_chunk(chunk, buf)
+            toks = tuple(buf)
+        self[chunk] = toks
+        return toks
+
+
+_CACHE = _ChunkCache()
+_CACHE_MAX = 1_000_000  # chunks repeat (Zipf); cleared when full to bound memory
 
 
 def split_words(text: str) -> list[str]:
     """Word tokens of `text`, spaCy-`en`-like (whitespace never part of a token)."""
-    out: list[str] = []
-    append, extend = out.append, out.extend
-    specials = SPECIALS
-    cache = _CACHE
-    for chunk in text.split():
-        if (chunk.isalpha() or chunk.isdigit()) and chunk not in specials:
-            append(chunk)
-            continue
-        toks = cache.get(chunk)
-        if toks is None:
-            buf: list[str] = []
-            _tokenize_chunk(chunk, buf)
-            toks = tuple(buf)
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            cache[chunk] = toks
-        extend(toks)
-    return out
+    if len(_CACHE) > _CACHE_MAX:
+        _CACHE.clear()
+    return list(chain.from_iterable(map(_CACHE.__getitem__, text.split())))
 
 
 _last_text: str | None = None
