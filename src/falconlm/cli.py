@@ -15,12 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("falconlm.generate.cli", "generate text from a checkpoint directory"),
     "init-model": ("falconlm.model.cli", "write a randomly initialised Falcon checkpoint from a preset"),
     "inspect": ("falconlm.model.cli", "describe a checkpoint directory or preset"),
+    "evaluate": ("falconlm.eval.cli", "perplexity, bits per byte and lm-eval tasks for a checkpoint"),
     "demo": ("falconlm.demo", "run the end-to-end demo on bundled data"),
     "refine": ("falconlm.data.cli", "refine raw web pages (WARC/JSONL/Parquet) into clean text shards (RefinedWeb)"),
     "dedup": ("falconlm.data.dedup.cli", "deduplicate JSONL/Parquet shards: MinHash LSH, exact substrings, URLs"),
     "train-tokenizer": ("falconlm.tokenizer.cli", "train a Falcon-style byte-level BPE tokenizer on a corpus"),
     "tokenize": ("falconlm.train.tokenize_cli", "encode a corpus into packed token shards + index"),
     "pretrain": ("falconlm.train.cli", "pretrain a Falcon model (one process or torchrun DDP/FSDP2)"),
+    "serve": ("falconlm.serve.cli", "serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)"),
 }
 
 
