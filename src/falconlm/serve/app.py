@@ -30,6 +30,7 @@ from falconlm.serve.schemas import ChatCompletionRequest, CompletionRequest, TGI
 
 log = logging.getLogger("falconlm.serve")
 RETRY_AFTER_S = 1
+DISCONNECT_POLL_S = 0.5  # how often a waiting handler checks that its client is still there
 
 
 class APIError(Exception):
@@ -364,13 +365,19 @@ class _Result:
 async def _events(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> AsyncIterator[tuple[int, Event]]:
     """Engine events of all sequences until each has finished; cancels them all if the consumer stops early."""
     pending = len(seqs)
+    checked = time.monotonic()
     try:
         while pending:
             try:
-                index, ev = await asyncio.wait_for(queue.get(), timeout=1.0)
+                index, ev = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
+                index, ev = -1, None
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                # Busy streams never time out above, so look for a vanished client on a clock as well.
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     return
+            if ev is None:
                 continue
             if ev.error is not None:
                 raise APIError(500, ev.error, "server_error")

@@ -22,20 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, start the engine thread, and serve until interrupted."""
+    from falconlm.errors import FalconError
+
+    if not 0 < args.port < 65536:
+        raise FalconError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch_size < 1 or args.max_queue < 1:
+        raise FalconError(f"--max-batch-size and --max-queue must be >= 1, got {args.max_batch_size} and {args.max_queue}")
     import logging
+    from pathlib import Path
 
     import torch
     import uvicorn
 
-    from falconlm.errors import FalconError
     from falconlm.generate.chat_template import load_chat_template
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.serve.app import create_app, served_name
     from falconlm.serve.engine import Engine
     from falconlm.tokenizer.falcon import FalconTokenizer
 
-    if not 0 < args.port < 65536:
-        raise FalconError(f"--port must be in 1..65535, got {args.port}")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise FalconError(f"--max-length must be in 1..{limit} (the model's context), got {args.max_length}")
     engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length)
     name = args.served_model_name or served_name(args.checkpoint)
-    app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(__import__("pathlib").Path(args.checkpoint).resolve())})
+    app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(Path(args.checkpoint).resolve())})
     logging.getLogger("falconlm.serve").info("serving %s (%s) on http://%s:%d/v1, batch %d, queue %d", name, model.config.block_style, args.host, args.port, args.max_batch_size, args.max_queue)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
