@@ -55,6 +55,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto: ddp under torchrun, single otherwise; fsdp = FSDP2 fully_shard per block
     activation_checkpointing: bool = False
     compile: bool = False
+    fused_loss: bool = True  # LM head + loss in token chunks, logits never kept (single process and DDP)
     sampling: str = "random"  # random windows, or sequential windows through the token stream
     # logging, evaluation, checkpoints
     log_interval: int = 10

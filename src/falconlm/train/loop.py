@@ -81,7 +81,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     from falconlm.train import checkpoint as ckpt
     from falconlm.train.data import BatchSource, TokenWindows, heldout_windows
     from falconlm.train.distributed import all_reduce_mean, enable_activation_checkpointing, grad_sync, resolve_strategy, wrap_model
-    from falconlm.train.loss import lm_loss
+    from falconlm.train.loss import HiddenStatesModel, linear_cross_entropy, lm_loss
     from falconlm.train.metrics import MetricsLog, flops_per_token, format_duration, measure_peak_flops, plot_loss_curve
     from falconlm.train.optim import build_optimizer, set_lr
     from falconlm.train.schedule import Schedule
@@ -116,16 +116,21 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     model.train()
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
-    wrapped = wrap_model(model, strategy, env, precision)
+    # Fused head + loss: the trained module returns hidden states and the loss applies the LM head in
+    # chunks. FSDP2 owns the head weight's unsharded copy only inside forward, so it keeps the model's head.
+    head_weight, trainable = None, model
+    if cfg.fused_loss and strategy != "fsdp":
+        head_weight, trainable = model.lm_head.weight, HiddenStatesModel(model)
+    wrapped = wrap_model(trainable, strategy, env, precision)
     if cfg.compile:
         wrapped.compile()
-    optimizer = build_optimizer(wrapped, cfg)
+    optimizer = build_optimizer(model, cfg)  # the same parameter objects, named as in the HF model
 
     sched = Schedule(cfg, env.world)
     step, tokens, samples = 0, 0, 0
     if resume_from is not None:
         trainer, rng = ckpt.load_trainer_state(resume_from, env)
-        ckpt.load_optimizer_state(wrapped, optimizer, trainer["optimizer"])
+        ckpt.load_optimizer_state(model, optimizer, trainer["optimizer"])
         step, tokens, samples = trainer["step"], trainer["tokens"], trainer["samples"]
         if rng is not None:
             ckpt.set_rng_state(rng)
@@ -144,6 +149,15 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
 
     use_autocast = precision == "bf16-mixed" and strategy != "fsdp"
     autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
+    head_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
+
+    def loss_of(batch: torch.Tensor, z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, cross-entropy) of one micro-batch of windows."""
+        with autocast():
+            out = wrapped(batch[:, :-1])
+        if head_weight is not None:
+            return linear_cross_entropy(out, head_weight, batch[:, 1:], z_loss, compute_dtype=head_dtype)
+        return lm_loss(out, batch[:, 1:], z_loss)
     fpt = flops_per_token(mconfig, cfg.seq_len)
     peak = cfg.peak_flops or measure_peak_flops(env.device, torch.bfloat16 if precision != "fp32" else torch.float32)
     metrics = MetricsLog(out, env.is_main, cfg.tensorboard, resume_step=step)
@@ -157,11 +171,10 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             return None
         wrapped.eval()
         total = torch.zeros((), dtype=torch.float64, device=env.device)
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
             for i in range(0, len(val), cfg.micro_batch_size):
                 batch = to_device(val[i : i + cfg.micro_batch_size])
-                logits = wrapped(batch[:, :-1])
-                total += lm_loss(logits, batch[:, 1:], 0.0)[1].double() * len(batch)
+                total += loss_of(batch, 0.0)[1].double() * len(batch)
         wrapped.train()
         return float(total / len(val))
 
@@ -188,9 +201,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             for m, arr in enumerate(micro):
                 batch = to_device(arr)
                 with grad_sync(wrapped, strategy, enabled=(m == len(micro) - 1)):
-                    with autocast():
-                        logits = wrapped(batch[:, :-1])
-                    loss, _ce = lm_loss(logits, batch[:, 1:], cfg.z_loss)
+                    loss, _ce = loss_of(batch, cfg.z_loss)
                     (loss / len(micro)).backward()
                 loss_sum += loss.detach()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -252,7 +263,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             if (cfg.save_interval and step % cfg.save_interval == 0) or last:
                 trainer = {"step": step, "tokens": tokens, "samples": samples, "config": cfg.to_dict()}
                 t_save = time.perf_counter()
-                last_ckpt = ckpt.save_checkpoint(ckpt_dir, step, wrapped, optimizer, mconfig, trainer, env, cfg.keep_last, tokenizer_dir)
+                last_ckpt = ckpt.save_checkpoint(ckpt_dir, step, model, optimizer, mconfig, trainer, env, cfg.keep_last, tokenizer_dir)
                 result.checkpoint = last_ckpt
                 window["t0"] += time.perf_counter() - t_save
     finally:

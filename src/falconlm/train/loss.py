@@ -18,3 +18,83 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) ->
     if z_loss:
         return ce + z_loss * lse.square().mean(), ce
     return ce, ce
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """LM head + cross-entropy + z-loss in chunks of tokens, with the gradients formed in the forward pass.
+
+    Never materialises the (tokens x vocab) logits of the whole batch, nor autograd's copies of them
+    (softmax, one-hot scatter, their sum): per chunk one logits buffer is turned into its own
+    gradient in place (softmax x (1 + 2·z·lse) − one-hot) / N and fed to the two matmuls right away.
+    Same FLOPs as autograd, far fewer passes over vocab-sized memory.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, z_loss: float, chunk: int, compute_dtype):  # noqa: D102
+        n = hidden.shape[0]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        cd = compute_dtype or weight.dtype
+        w = weight.to(cd)
+        grad_h = torch.empty_like(hidden) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        ce_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        z_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        for s in range(0, n, chunk):
+            h, t = hidden[s : s + chunk].to(cd), targets[s : s + chunk]
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            ce_sum += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum(dtype=torch.float64)
+            z_sum += lse.square().sum(dtype=torch.float64)
+            if need_grad:
+                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                g.mul_(((1.0 + 2.0 * z_loss * lse) / n)[:, None])
+                g[torch.arange(len(t), device=g.device), t] -= 1.0 / n
+                g = g.to(cd)
+                grad_h[s : s + chunk] = g @ w
+                if cd == torch.float32:
+                    grad_w.addmm_(g.t(), h)
+                else:
+                    grad_w += (g.t() @ h).float()
+        ce = (ce_sum / n).float()
+        total = ((ce_sum + z_loss * z_sum) / n).float()
+        ctx.mark_non_differentiable(ce)
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total, ce
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce):  # noqa: D102
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_total.to(grad_h.dtype), grad_w * grad_total.to(grad_w.dtype), None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    z_loss: float = 0.0,
+    chunk: int = 1024,
+    compute_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, cross_entropy) of logits = hidden @ weight.T without keeping the logits: lm_loss fused with the LM head.
+
+    hidden (..., d), weight (vocab, d), targets (...); matmuls in compute_dtype (bf16 under mixed
+    precision), softmax and sums in fp32. Equal to lm_loss(hidden @ weight.T, targets, z_loss).
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return _LinearCrossEntropy.apply(flat, weight, targets.reshape(-1), float(z_loss), int(chunk), compute_dtype)
+
+
+class HiddenStatesModel(torch.nn.Module):
+    """Wraps a FalconForCausalLM so that forward returns final hidden states (B, T, d), for linear_cross_entropy.
+
+    Uses the model's public `hidden_states`; DDP can wrap this module. Parameters are the model's own
+    objects, so optimizers and state dicts taken from the inner model are unchanged.
+    """
+
+    def __init__(self, lm: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.lm.hidden_states(input_ids)
