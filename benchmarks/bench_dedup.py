@@ -17,7 +17,7 @@ and reports documents/s per core for each stage and end to end, the speed ratios
 and recall/precision against the planted duplicates. `--memory-scaling` also measures each
 falconlm stage's peak traced memory at N and 4N documents under a fixed budget.
 
-Usage: python benchmarks/bench_dedup.py [--quick] [--no-web] [--memory-scaling]
+Usage: python benchmarks/bench_dedup.py [--quick] [--no-web] [--memory-scaling] [--paper-peer]
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
     return {"stages": times, "total": total, "removed": removed, "cut_docs": cut}
 
 
-def method_datatrove(shards: list[Path], work: Path) -> dict:
-    """datatrove's four MinHash stages at 14 x 8, 5-grams, 64-bit xxhash, one task/worker."""
+def method_datatrove(shards: list[Path], work: Path, bands: int = 14, rows: int = 8) -> dict:
+    """datatrove's four MinHash stages (default 14 x 8), 5-grams, 64-bit xxhash, one task/worker."""
     import logging
 
     from datatrove.executor.local import LocalPipelineExecutor
@@ -174,7 +174,7 @@ def method_datatrove(shards: list[Path], work: Path) -> dict:
         logger.remove()
     except ImportError:
         pass
-    cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+    cfg = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
     inp = str(shards[0].parent)
     glob = shards[0].name.split("-")[0] + "-*.jsonl"
 
@@ -249,6 +249,8 @@ def worker(args: argparse.Namespace) -> None:
     work.mkdir(parents=True)
     if args.method == "datatrove":
         r = method_datatrove(shards, work)
+    elif args.method == "datatrove:refinedweb":
+        r = method_datatrove(shards, work, 450, 20)
     elif args.method == "datasketch":
         r = method_datasketch(shards, work)
     else:
@@ -300,14 +302,14 @@ def evaluate(removed: list[str], all_pairs: list[dict]) -> dict:
     return out
 
 
-def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[dict], quick: bool) -> dict:
+def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[dict], quick: bool, paper_peer: bool = False) -> dict:
     """All methods on one corpus."""
     n_docs = sum(1 for p in shards for _ in open(p, encoding="utf-8"))
     print(f"\n== {name}: {n_docs} documents, {len(pairs)} planted similarity pairs, {len(urls)} URL duplicates ==", flush=True)
     work = CACHE / "work" / name
     work.mkdir(parents=True, exist_ok=True)
     methods = ["falconlm:fineweb:minhash", "datatrove", "datasketch", "falconlm:refinedweb:minhash",
-               "falconlm:-:exact", "falconlm:-:url"]
+               "falconlm:-:exact", "falconlm:-:url"] + (["datatrove:refinedweb"] if paper_peer else [])
     results = {}
     for m in methods:
         r = run_method(m, shards, work / m.replace(":", "_"))
@@ -335,6 +337,11 @@ def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[di
             ratios[f"falconlm/{peer} end to end"] = round(ours["docs_per_s"] / results[peer]["docs_per_s"], 2)
             if "signatures" in results[peer]["stage_docs_per_s"]:
                 ratios[f"falconlm/{peer} signatures"] = round(ours["stage_docs_per_s"]["minhash-signatures"] / results[peer]["stage_docs_per_s"]["signatures"], 2)
+    paper = results.get("falconlm:refinedweb:minhash")
+    if paper and "datatrove:refinedweb" in results:
+        peer = results["datatrove:refinedweb"]
+        ratios["falconlm/datatrove end to end, 450 x 20"] = round(paper["docs_per_s"] / peer["docs_per_s"], 2)
+        ratios["falconlm/datatrove signatures, 450 x 20"] = round(paper["stage_docs_per_s"]["minhash-signatures"] / peer["stage_docs_per_s"]["signatures"], 2)
     for k, v in ratios.items():
         print(f"  ratio {k}: {v}x")
     return {"documents": n_docs, "methods": results, "ratios": ratios}
@@ -431,6 +438,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small corpora (smoke run)")
     ap.add_argument("--no-web", action="store_true", help="skip ../shared/corpora/web-bench.warc.gz")
     ap.add_argument("--memory-scaling", action="store_true", help="also measure per-stage memory at N and 4N documents")
+    ap.add_argument("--paper-peer", action="store_true", help="also run datatrove at the paper's 450 x 20 (slow)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dedup.json"))
     a = ap.parse_args()
     report = {
@@ -440,11 +448,11 @@ def main() -> None:
         "corpora": {},
     }
     shards, pairs, urls = fixture_corpus(150 if a.quick else 1000, CACHE / "fixture")
-    report["corpora"]["fixture"] = bench_corpus("fixture", shards, pairs, urls, a.quick)
+    report["corpora"]["fixture"] = bench_corpus("fixture", shards, pairs, urls, a.quick, a.paper_peer)
     report["corpora"]["fixture"]["estimate_error"] = estimate_accuracy(shards, pairs)
     if not a.no_web and WEB.exists():
         shards, pairs, urls = web_corpus(300 if a.quick else None)
-        report["corpora"]["web-bench"] = bench_corpus("web-bench", shards, pairs, urls, a.quick)
+        report["corpora"]["web-bench"] = bench_corpus("web-bench", shards, pairs, urls, a.quick, a.paper_peer)
     elif not a.no_web:
         print(f"\n(skipping web-bench: {WEB} not found)")
     if a.memory_scaling:
