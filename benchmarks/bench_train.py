@@ -45,7 +45,7 @@ def build(preset: str, layers: int | None, dtype: torch.dtype, seed: int = 0):
 def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = "fused"):
     """The two training steps as the two libraries are used for pretraining."""
     from falconlm.train.config import TrainConfig
-    from falconlm.train.loss import lm_loss
+    from falconlm.train.loss import linear_cross_entropy
     from falconlm.train.optim import build_optimizer
 
     tcfg = TrainConfig(data="x", max_steps=1, lr=1e-4)
@@ -57,9 +57,10 @@ def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = 
     inputs, targets = batch[:, :-1], batch[:, 1:]
 
     def ours_step() -> float:
+        # What the pretrain loop runs: hidden states, then the LM head fused with the loss (incl. Falcon's z-loss).
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = ours(inputs)
-        loss, _ = lm_loss(logits, targets, 1e-4)  # includes Falcon's z-loss
+            hidden = ours.hidden_states(inputs)
+        loss, _ = linear_cross_entropy(hidden, ours.lm_head.weight, targets, 1e-4, compute_dtype=torch.bfloat16 if autocast else None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
         opt_ours.step()
@@ -127,6 +128,20 @@ def main() -> None:
 
     from falconlm.train.metrics import flops_per_token, measure_peak_flops
 
+    # Peak memory first, each side alone in a fresh process: a child's ru_maxrss starts at its parent's
+    # RSS at fork time, so the parent must not hold the big models yet.
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    mem = {}
+    margs = {"preset": args.preset, "layers": args.layers, "batch": args.batch, "seq_len": args.seq_len, "precision": args.precision,
+             "peer_optim": args.peer_optim}
+    for which in ("ours", "peer"):
+        p = ctx.Process(target=_memory_child, args=(which, margs, q))
+        p.start()
+        w, base, pk = q.get()
+        p.join()
+        mem["falconlm" if w == "ours" else "transformers"] = {"baseline_mib": round(base), "peak_rss_mib": round(pk)}
+
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16-true" else torch.float32
     cfg, ours, peer = build(args.preset, args.layers, dtype)
@@ -151,18 +166,6 @@ def main() -> None:
     peak = measure_peak_flops(torch.device("cpu"), peak_dtype)
     fpt = flops_per_token(cfg, args.seq_len)
     mfu = {k: fpt * v / peak for k, v in tps.items()}
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    mem = {}
-    margs = {"preset": args.preset, "layers": args.layers, "batch": args.batch, "seq_len": args.seq_len, "precision": args.precision,
-             "peer_optim": args.peer_optim}
-    for which in ("ours", "peer"):
-        p = ctx.Process(target=_memory_child, args=(which, margs, q))
-        p.start()
-        w, base, pk = q.get()
-        p.join()
-        mem["falconlm" if w == "ours" else "transformers"] = {"baseline_mib": round(base), "peak_rss_mib": round(pk)}
 
     ratio = tps["falconlm"] / tps["transformers"]
     result = {
