@@ -103,3 +103,21 @@ def test_tokenize_cli_and_errors(tmp_path, tok_dir, capsys):
     assert cli_main(["tokenize", str(bad), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "b"), "--workers", "1", "--val-fraction", "0"]) == 0
     idx = ShardIndex.load(tmp_path / "b")
     assert idx.docs == 1 and idx.skipped_docs == 1
+
+
+def test_reads_jsonl_zst_parquet_and_text(tmp_path, tok_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    docs = texts()[:30]
+    (tmp_path / "in").mkdir()
+    payload = "".join(json.dumps({"text": t}) + "\n" for t in docs[:10]).encode()
+    (tmp_path / "in" / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(payload))
+    pq.write_table(pa.table({"text": docs[10:20]}), tmp_path / "in" / "b.parquet")
+    for i, t in enumerate(docs[20:30]):
+        (tmp_path / "in" / f"c{i:02d}.txt").write_text(t, encoding="utf-8")
+    index = write_token_shards([str(tmp_path / "in")], tok_dir, tmp_path / "out", val_fraction=0.0, progress=False)
+    tok = FalconTokenizer.load(tok_dir)
+    exp = [i for t in docs for i in tok.encode(t) + [11]]
+    assert index.docs == 30 and read_split(tmp_path / "out", "train").tolist() == exp
