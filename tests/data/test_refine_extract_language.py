@@ -77,3 +77,15 @@ def test_language_threshold_is_inclusive():
     above = LanguageFilter(LanguageConfig(min_score=score + 1e-4))
     assert isinstance(exact.process(Document("6", ENGLISH)), Document)
     assert above.process(Document("7", ENGLISH)) == "low_language_score"
+
+
+def test_trafilatura_dedup_state_does_not_leak_between_tasks():
+    shared = "This exact paragraph about the mills on the river appears on both pages of the site, word for word, every time."
+    a = html_page("A", [ENGLISH, shared, shared.replace("mills", "bridges")]).decode()
+    b = html_page("B", [ENGLISH.replace("valley", "plain"), shared, shared.replace("river", "lake")]).decode()
+    task1 = Extract(ExtractConfig(extractor="trafilatura"))
+    task1.process(Document("a", a))
+    after_a = task1.process(Document("b", b))
+    fresh = Extract(ExtractConfig(extractor="trafilatura")).process(Document("b", b))  # the next task
+    assert isinstance(fresh, Document) and isinstance(after_a, Document)
+    assert Extract(ExtractConfig(extractor="trafilatura")).process(Document("b", b)).text == fresh.text

@@ -87,6 +87,13 @@ class Extract(PipelineStep):
         # time (ITIMER_PROF), not wall time, so a loaded machine does not change which pages
         # time out (and with them the output of a resumed run).
         self._use_alarm = self.config.timeout_s > 0 and threading.current_thread() is threading.main_thread()
+        if self.config.extractor == "trafilatura" and self.config.deduplicate:
+            # trafilatura's deduplication remembers text segments across calls in a process-wide
+            # LRU; a fresh step (one per task) starts it empty, so a task's output depends on its
+            # own input only -- whatever ran before in the process, and after a resume.
+            from trafilatura.deduplication import LRU_TEST
+
+            LRU_TEST.clear()
 
     def process(self, doc: Document) -> Document | str:
         """Extract; drop on timeout, error or empty result."""
