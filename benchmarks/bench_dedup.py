@@ -393,7 +393,7 @@ def memory_scaling(quick: bool) -> dict:
     from falconlm.data.dedup.stages import DedupConfig, run_dedup
     from falconlm.data.executor import ExecConfig
 
-    peaks: dict[str, dict[str, float]] = {}
+
     current: dict[str, float] = {}
     for mod in (ms, es, us):
         real = mod.run_stage

@@ -89,7 +89,7 @@ def test_url_dedup_first_kept_and_index_across_runs(fixture_corpus, tmp_path, re
     shards, truth = fixture_corpus
     index = tmp_path / "index"
     cfg = DedupConfig(minhash=None, exact_substring=None, url=UrlDedupConfig(index=str(index)))
-    s1 = _run(shards[:2], tmp_path / "run1", cfg)
+    _run(shards[:2], tmp_path / "run1", cfg)
     kept1 = {d["id"] for d in read_output(tmp_path / "run1")}
     s2 = _run(shards, tmp_path / "run2", cfg)
     kept2 = {d["id"] for d in read_output(tmp_path / "run2")}

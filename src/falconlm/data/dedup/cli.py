@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--ngram", type=int, default=5, help="shingle size (default 5)")
     m.add_argument("--seed", type=int, default=1, help="permutation seed (default 1)")
     m.add_argument("--tokenizer", help="tokenizer.json: shingle/match token ids instead of normalised words")
-    m.add_argument("--bucket-groups", type=int, default=0, help="bucket tasks (default 2 x workers, at least 4)")
+    m.add_argument("--bucket-groups", type=int, default=0, help="bucket tasks (default 16, at most one per band)")
     e = p.add_argument_group("exact substring")
     e.add_argument("--min-tokens", type=int, default=50, help="shortest duplicated span removed (default 50)")
     e.add_argument("--mode", default="cut", choices=["cut", "drop-any", "drop-partial"], help="default cut")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +134,3 @@ def stats_dict(stats: StepStats, **extra: Any) -> dict[str, Any]:
     d = stats.to_dict()
     d.update(extra)
     return d
-
-
-def to_jsonable(obj: Any) -> Any:
-    """asdict for dataclasses, identity otherwise."""
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj

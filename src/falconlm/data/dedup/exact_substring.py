@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import xxhash
 
-from falconlm.data.dedup.normalize import ReversibleTokens, reversible_words
+from falconlm.data.dedup.normalize import reversible_words
 from falconlm.errors import FalconError
 
 MODES = ("cut", "drop-any", "drop-partial")

@@ -37,7 +37,7 @@ from falconlm.data.dedup.common import (
 )
 from falconlm.data.dedup.merge import merge_groups
 from falconlm.data.dedup.minhash import MinHashConfig, MinHasher, s_curve_table
-from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordReader, read_records, write_records
+from falconlm.data.dedup.records import KEY_DOC, PAIR, read_records, write_records
 from falconlm.data.dedup.shingles import shingles_batch
 from falconlm.data.dedup.unionfind import clusters_from_pairs
 from falconlm.data.executor import Stage, report_progress, run_stage
@@ -299,8 +299,9 @@ class MinHashStage:
         self.verbose = verbose
 
     def groups(self, exec_workers: int) -> int:
-        """Bucket tasks: a setting, else enough to keep workers busy (<= bands)."""
-        return min(self.config.bands, self.bucket_groups or max(4, 2 * exec_workers))
+        """Bucket tasks: the setting, else 16 (<= bands). Not derived from the worker count, so
+        a run can be resumed with another --workers."""
+        return min(self.config.bands, self.bucket_groups or 16)
 
     def run(self, inputs: list[Path], ctx: Any):
         """Run the four stages (each resumable) and return a StageResult."""

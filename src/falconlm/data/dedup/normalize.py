@@ -5,7 +5,6 @@ normalised token back to its character span in the original text."""
 from __future__ import annotations
 
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache

@@ -25,8 +25,6 @@ HEADER_SIZE = _HEADER.size
 KEY_DOC = np.dtype([("key", "<u8"), ("doc", "<u8")])
 # (a, b): a duplicate pair of global document ids, or (doc, cluster root) in removal lists.
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8")])
-# (start, end) spans and similar pairs of int64.
-SPAN = np.dtype([("doc", "<u8"), ("start", "<i8"), ("end", "<i8")])
 
 
 def atomic_path(path: Path) -> Path:

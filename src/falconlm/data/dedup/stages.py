@@ -28,7 +28,7 @@ class DedupConfig:
     exact_substring: ExactSubstringConfig | None = field(default_factory=ExactSubstringConfig)
     url: UrlDedupConfig | None = field(default_factory=UrlDedupConfig)
     resources: Resources = field(default_factory=Resources)
-    bucket_groups: int = 0  # MinHash bucket tasks; 0 = 2 x workers (at least 4)
+    bucket_groups: int = 0  # MinHash bucket tasks; 0 = 16 (at most one per band)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form written beside the outputs."""
