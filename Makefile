@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/falconlm demo --out out/demo
+	$(VENV)/bin/falconlm quickstart --out out/quickstart
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_generate.py --quick

@@ -1,4 +1,4 @@
-"""`falconlm demo`: what exists so far, end to end, checked against transformers.
+"""`falconlm parity`: every Falcon block style checked against transformers, end to end.
 
 For each Falcon block style it builds a small model, saves it as an HF directory, reloads it with
 falconlm and with transformers, compares the logits, and generates greedily with both.
