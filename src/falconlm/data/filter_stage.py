@@ -82,8 +82,9 @@ class FilterTask:
                 meta = {**doc.metadata, "dropped_step": step, "dropped_reason": reason}
                 dropped_writer.write(Document(doc.id, doc.text, doc.url, meta))
 
-        docs = read_documents(self.input_path, self.config.reader, read_stats)
-        docs = _progress(docs, self.size_bytes)
+        position = _Position(self.size_bytes, os.path.getsize(self.input_path))
+        docs = read_documents(self.input_path, self.config.reader, read_stats, position.update)
+        docs = _progress(docs, position)
         stream, stats = run_steps(docs, steps, on_drop)
         if dropped_writer is not None:
             dropped_writer.open()
@@ -115,16 +116,39 @@ def _is_html_input(path: str) -> bool:
     return input_format(path) == "warc"
 
 
-def _progress(docs: Any, size_bytes: int) -> Any:
-    """Report documents and an even share of the input bytes as they stream by."""
+class _Position:
+    """Turns the reader's file positions into progress-bar byte increments of this task's share
+    (`share_bytes`; a slice of a file reads the whole file but owns only part of its bytes)."""
+
+    def __init__(self, share_bytes: int, file_bytes: int) -> None:
+        self.share_bytes = share_bytes
+        self.file_bytes = max(file_bytes, 1)
+        self.reported = 0
+
+    def update(self, pos: int) -> None:
+        """Called by the reader with the bytes of the file consumed so far."""
+        share = min(self.share_bytes, self.share_bytes * pos // self.file_bytes)
+        if share > self.reported:
+            report_progress(nbytes=share - self.reported)
+            self.reported = share
+
+    def finish(self) -> None:
+        """Account for whatever the last position update did not cover."""
+        if self.share_bytes > self.reported:
+            report_progress(nbytes=self.share_bytes - self.reported)
+            self.reported = self.share_bytes
+
+
+def _progress(docs: Any, position: _Position) -> Any:
+    """Report documents as they stream by; bytes come from the reader's position hook."""
     n = 0
-    reported_bytes = 0
     for doc in docs:
         n += 1
         if n % 64 == 0:
             report_progress(docs=64)
         yield doc
-    report_progress(docs=n % 64, nbytes=size_bytes - reported_bytes)
+    report_progress(docs=n % 64)
+    position.finish()
 
 
 class FilterStage:

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -164,26 +164,42 @@ class TolerantGzip(io.RawIOBase):
 
 def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """Open a file for reading bytes, decompressing .gz and .zst transparently (.gz tolerantly)."""
+    return _open_with_raw(path)[0]
+
+
+def _open_with_raw(path: str | os.PathLike) -> tuple[IO[bytes], IO[bytes]]:
+    """(decompressed stream, the underlying file) -- the file's position measures progress."""
     name = str(path).lower()
     if name.endswith(".gz"):
-        return io.BufferedReader(TolerantGzip(path), 1 << 16)
+        gz = TolerantGzip(path)
+        return io.BufferedReader(gz, 1 << 16), gz._f
     if name.endswith(".zst"):
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        f = open(path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(f, closefd=True), f
+    f = open(path, "rb")
+    return f, f
+
+
+PositionHook = Callable[[int], None]  # receives the bytes of the input file consumed so far
 
 
 def read_documents(
-    path: str | os.PathLike, options: ReaderOptions | None = None, stats: StepStats | None = None
+    path: str | os.PathLike,
+    options: ReaderOptions | None = None,
+    stats: StepStats | None = None,
+    on_position: PositionHook | None = None,
 ) -> Iterator[Document]:
-    """Iterate the documents of one input file; skipped records are counted in `stats`."""
+    """Iterate the documents of one input file; skipped records are counted in `stats`;
+    `on_position(bytes_read)` is called now and then (for progress bars)."""
     options = options or ReaderOptions()
     stats = stats if stats is not None else StepStats("read")
     fmt = input_format(path)
     # Every slice reads the whole file; only slice 0 counts the records the reader skips.
     skip_stats = stats if options.slice_index == 0 else StepStats("read")
-    inner = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path, options, skip_stats)
+    hook = on_position or (lambda n: None)
+    inner = {"warc": _read_warc, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path, options, skip_stats, hook)
     n = 0
     for i, doc in enumerate(inner):
         if options.num_slices > 1 and i % options.num_slices != options.slice_index:
@@ -228,12 +244,19 @@ def _known_codec(name: str) -> bool:
         return False
 
 
-def _read_warc(path: str | os.PathLike, options: ReaderOptions, stats: StepStats) -> Iterator[Document]:
+def _read_warc(
+    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+) -> Iterator[Document]:
     """Response records with an HTML content type; malformed records are counted and skipped."""
     try:
-        with open_binary(path) as raw:
+        raw, fileobj = _open_with_raw(path)
+        with raw:
             stream = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw, 1 << 20)
-            yield from _warc_documents(_resilient_records(stream, stats), path, stats)
+            for i, doc in enumerate(_warc_documents(_resilient_records(stream, stats), path, stats)):
+                if i % 16 == 0:
+                    on_position(fileobj.tell())
+                yield doc
+            on_position(os.path.getsize(path))
             raw_gz = getattr(stream, "raw", None)
             if isinstance(raw_gz, TolerantGzip) and raw_gz.errors:
                 stats.dropped["corrupt_compression"] += raw_gz.errors
@@ -418,11 +441,16 @@ def _log_skip(path: Any, why: str) -> None:
 # -------------------------------------------------------------------------------------- JSONL
 
 
-def _read_jsonl(path: str | os.PathLike, options: ReaderOptions, stats: StepStats) -> Iterator[Document]:
+def _read_jsonl(
+    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+) -> Iterator[Document]:
     """One JSON object per line; undecodable lines and records without text are counted and skipped."""
     try:
-        with open_binary(path) as raw:
+        raw, fileobj = _open_with_raw(path)
+        with raw:
             for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace")):
+                if lineno % 256 == 0:
+                    on_position(fileobj.tell())
                 if not line.strip():
                     continue
                 try:
@@ -456,7 +484,9 @@ def _record_to_doc(record: Any, options: ReaderOptions, stats: StepStats, fallba
 # ------------------------------------------------------------------------------------ Parquet
 
 
-def _read_parquet(path: str | os.PathLike, options: ReaderOptions, stats: StepStats) -> Iterator[Document]:
+def _read_parquet(
+    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+) -> Iterator[Document]:
     """Row batches of a Parquet file; rows without a string text column are counted and skipped."""
     import pyarrow.parquet as pq
 
@@ -469,7 +499,10 @@ def _read_parquet(path: str | os.PathLike, options: ReaderOptions, stats: StepSt
     if options.text_key not in pf.schema_arrow.names:
         raise FalconError(f"{path} has no column {options.text_key!r} (columns: {', '.join(pf.schema_arrow.names)})")
     row = 0
+    total_rows = max(pf.metadata.num_rows, 1)
+    size = os.path.getsize(path)
     for batch in pf.iter_batches(batch_size=1024):
+        on_position(size * row // total_rows)
         for record in batch.to_pylist():
             doc = _record_to_doc(record, options, stats, f"{Path(path).name}:{row}")
             row += 1
