@@ -362,31 +362,65 @@ class _Result:
     prompt_logprobs: list[TokenInfo] | None = None
 
 
-async def _events(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> AsyncIterator[tuple[int, Event]]:
-    """Engine events of all sequences until each has finished; cancels them all if the consumer stops early."""
+async def _batches(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> AsyncIterator[list[tuple[int, Event]]]:
+    """Engine events of all sequences, in batches of whatever has arrived, until each has finished.
+
+    Cancels the sequences if the consumer stops early or the client has gone away.
+    """
     pending = len(seqs)
     checked = time.monotonic()
     try:
         while pending:
-            try:
-                index, ev = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                index, ev = -1, None
+            first = None
+            if not queue.empty():
+                first = queue.get_nowait()
+            else:
+                try:
+                    first = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    pass
             if time.monotonic() - checked >= DISCONNECT_POLL_S:
                 # Busy streams never time out above, so look for a vanished client on a clock as well.
                 checked = time.monotonic()
                 if await request.is_disconnected():
                     return
-            if ev is None:
+            if first is None:
                 continue
-            if ev.error is not None:
-                raise APIError(500, ev.error, "server_error")
-            if ev.finish_reason is not None:
-                pending -= 1
-            yield index, ev
+            items = [first]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            for _, ev in items:
+                if ev.error is not None:
+                    raise APIError(500, ev.error, "server_error")
+                if ev.finish_reason is not None:
+                    pending -= 1
+            yield items
     finally:
         for s in seqs:
             st.engine.cancel(s)
+
+
+async def _events(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> AsyncIterator[tuple[int, Event]]:
+    """Engine events one by one (see _batches)."""
+    async for items in _batches(request, st, seqs, queue):
+        for item in items:
+            yield item
+
+
+async def _merged(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> AsyncIterator[tuple[int, Event]]:
+    """Engine events with whatever has piled up for one choice merged into one (a lagging stream sends fewer, larger chunks)."""
+    async for items in _batches(request, st, seqs, queue):
+        out: dict[int, Event] = {}
+        for index, ev in items:
+            cur = out.get(index)
+            if cur is None:
+                out[index] = Event(list(ev.tokens), ev.text, ev.finish_reason, None, ev.prompt_logprobs)
+            else:
+                cur.tokens += ev.tokens
+                cur.text += ev.text
+                cur.finish_reason = ev.finish_reason or cur.finish_reason
+        for item in out.items():
+            yield item
 
 
 async def _collect(request: Request, st: ServerState, seqs: list[Sequence], queue: asyncio.Queue) -> list[_Result]:
@@ -429,7 +463,7 @@ def _frame(obj: dict[str, Any]) -> str:
 async def _completion_stream(st: ServerState, body: CompletionRequest, seqs: list[Sequence], queue: asyncio.Queue, rid: str, created: int, prompt_tokens: int, request: Request) -> AsyncIterator[str]:
     completion = 0
     offsets = {s.index: 0 for s in seqs}
-    async for index, ev in _events(request, st, seqs, queue):
+    async for index, ev in _merged(request, st, seqs, queue):
         completion += len(ev.tokens)
         if not ev.text and ev.finish_reason is None and body.logprobs is None:
             continue
@@ -451,7 +485,7 @@ async def _chat_stream(st: ServerState, body: ChatCompletionRequest, seqs: list[
     for s in seqs:
         yield chunk([{"index": s.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
     completion = 0
-    async for index, ev in _events(request, st, seqs, queue):
+    async for index, ev in _merged(request, st, seqs, queue):
         completion += len(ev.tokens)
         if ev.text or body.logprobs:
             lp = {"content": [_chat_logprob(st, t) for t in ev.tokens]} if body.logprobs else None

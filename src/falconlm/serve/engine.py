@@ -116,6 +116,8 @@ class Sequence:
         self.next_pos = 0
         self.submitted = time.perf_counter()
         self.first_token_at: float | None = None
+        self.outbox: list[Sequence] | None = None  # set by the engine while it steps
+        self.pending: list[tuple[int, Event]] = []
 
     @property
     def prompt_tokens(self) -> int:
@@ -130,13 +132,30 @@ class Sequence:
     def _emit(self, event: Event) -> None:
         if event.finish_reason is not None or event.error is not None:
             self.done.set()
-        if self.loop is not None:
-            try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, event))
-            except RuntimeError:  # the loop is gone (client and server shut down)
-                self.cancelled = True
-        else:
+        if self.loop is None:
             self.events.append(event)
+        elif self.outbox is not None:  # inside an engine step: delivered with the step's other events
+            self.outbox.append(self)
+            self.pending.append((self.index, event))
+        else:
+            self.deliver([(self.index, event)])
+
+    def deliver(self, items: list[tuple[int, Event]]) -> None:
+        """Hand events to the request's event loop (one wake-up for all of them)."""
+        try:
+            self.loop.call_soon_threadsafe(_put_all, self.queue, items)
+        except RuntimeError:  # the loop is gone (client and server shut down)
+            self.cancelled = True
+
+
+def _put_all(queue: "asyncio.Queue[tuple[int, Event]]", items: list[tuple[int, Event]]) -> None:
+    for item in items:
+        queue.put_nowait(item)
+
+
+def _put_many(batch: list[tuple["asyncio.Queue[tuple[int, Event]]", list[tuple[int, Event]]]]) -> None:
+    for queue, items in batch:
+        _put_all(queue, items)
 
 
 class Engine:
@@ -231,8 +250,34 @@ class Engine:
 
     def step(self) -> None:
         """One engine step: drop cancelled rows, admit waiting requests, decode one token for every active row."""
-        with torch.inference_mode():
-            self._step()
+        outbox: list[Sequence] = []
+        try:
+            with self.cond:
+                current = list(self.active) + list(self.waiting)
+            for s in current:
+                s.outbox = outbox
+            with torch.inference_mode():
+                self._step()
+        finally:
+            self._flush(outbox)
+
+    def _flush(self, outbox: list[Sequence]) -> None:
+        """Deliver a step's events: one event-loop wake-up per request instead of one per token."""
+        with self.cond:
+            current = list(self.active) + list(self.waiting)
+        for s in current + outbox:
+            s.outbox = None
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, list[tuple[int, Event]]]]] = {}
+        for s in dict.fromkeys(outbox):
+            items, s.pending = s.pending, []
+            if items:
+                by_loop.setdefault(s.loop, []).append((s, items))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_many, [(s.queue, items) for s, items in batch])
+            except RuntimeError:  # that loop is gone
+                for s, _ in batch:
+                    s.cancelled = True
 
     def _step(self) -> None:
         for i in reversed(range(len(self.active))):
