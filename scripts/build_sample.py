@@ -4,8 +4,9 @@ pages that each exercise one filter, plus broken records. Deterministic given it
 
 Real pages (nobody on the team wrote them; their licences allow redistribution):
   apache2-doc   (Apache License 2.0)  the Apache HTTP Server manual, English, French, German
-  maint-guide, maint-guide-de, -fr, -es  (GPL-2+ / MIT-style, see the packages' copyright files)
-                the Debian New Maintainers' Guide, English and three translations
+  maint-guide, maint-guide-de, -fr, -es  (GPL-2.0-or-later)
+                the Debian New Maintainers' Guide, English and three translations; paragraphs of
+                the English guide are also reused as the prose of the generated pages
 
 Usage (the .deb files come from any Debian mirror; `apt-get download` fetches them):
     apt-get download apache2-doc maint-guide maint-guide-de maint-guide-fr maint-guide-es
@@ -230,7 +231,12 @@ def build(root: Path, out: Path) -> dict:
     (out / "sample.warc.gz").write_bytes(data)
     doc = {
         "description": "falconlm bundled sample: real Debian documentation pages + generated filter cases",
-        "licences": {"apache2-doc": "Apache-2.0", "maint-guide*": "see /usr/share/doc/maint-guide*/copyright"},
+        "licences": {
+            "apache2-doc (Apache HTTP Server 2.4 manual, httpd.apache.org)": "Apache-2.0",
+            "maint-guide, maint-guide-de/-fr/-es (Debian New Maintainers' Guide, Josip Rodin, Osamu Aoki "
+            "et al.; its English paragraphs are reused in the generated pages)": "GPL-2.0-or-later",
+            "generated pages (scripts/build_sample.py)": "Apache-2.0, as falconlm",
+        },
         "records": manifest,
     }
     (out / "sample.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
