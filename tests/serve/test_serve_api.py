@@ -334,3 +334,25 @@ def test_64_concurrent_clients_all_answered_exactly(make_app, loaded):
     assert [s for _, s, _ in results] == [200] * 64
     assert all(text == expected[p] for p, _, text in results)
     assert engine.stats["max_active"] == 8 and engine.stats["finished"] == 64
+
+
+def test_lm_eval_local_completions_scores_through_the_server(make_app, loaded):
+    """lm-eval's own payload and parser (LocalCompletionsAPI) give the model's log-likelihood and greediness."""
+    oc = pytest.importorskip("lm_eval.models.openai_completions")
+    model, tok = loaded
+    app, _ = make_app()
+    ctx, cont = tok.encode("the falcon flies over"), tok.encode(" the desert at dawn")
+    greedy_cont = _greedy(model, tok, ctx, 3)[0]
+    with torch.inference_mode():
+        logp = model(torch.tensor([ctx + cont]))[0].log_softmax(-1)
+    expected = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+    payload = oc.LocalCompletionsAPI._create_payload(type("M", (), {"model": "tiny"})(), [ctx + cont, ctx + greedy_cont], generate=False)
+
+    async def go():
+        async with client(app) as c:
+            return (await c.post("/v1/completions", json=payload)).json()
+
+    out = asyncio.run(go())
+    (ll, is_greedy), (_, greedy_is_greedy) = oc.LocalCompletionsAPI.parse_logprobs(out, ctxlens=[len(ctx), len(ctx)])
+    assert ll == pytest.approx(expected, abs=1e-3)
+    assert greedy_is_greedy and not is_greedy
