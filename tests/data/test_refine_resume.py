@@ -19,7 +19,7 @@ from falconlm.data.recipes import RefineConfig
 from falconlm.data.executor import ExecConfig
 from falconlm.errors import FalconError
 
-N_SHARDS = 5
+N_SHARDS = 8
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,15 @@ def test_kill_minus_9_then_resume_is_byte_identical(shards, tmp_path):
         if proc.poll() is not None:
             break
         time.sleep(0.01)
-    time.sleep(0.1)  # land inside the next task
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # the next task has started (or is starting): kill it mid-way
     proc.wait()
     done = len(list(markers.glob("*.json")))
     assert 1 <= done < N_SHARDS, f"the kill came too late ({done} tasks finished)"
     assert not (killed / "stats.json").exists()
-    # no half-written file carries a final name: every final shard has a marker
+    # no half-written file carries a final name: a final shard has a marker, except possibly the
+    # one renamed in the instant before its marker was written
     finals = sorted(p.name for p in (killed / "data").glob("*.jsonl.zst"))
-    assert len(finals) == done
+    assert done <= len(finals) <= done + 1
 
     subprocess.run(refine_cmd(shards, killed), check=True, env=env, capture_output=True, timeout=120)
     assert snapshot(killed) == snapshot(clean)
