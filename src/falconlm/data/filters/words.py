@@ -90,12 +90,8 @@ def _build_specials() -> dict[str, list[str]]:
             sp.setdefault(w, p)
 
     # "n't" verbs: stem as spaCy splits it ("ca" n't, "wo" n't)
-    nt = {
-        "do": "do", "does": "does", "did": "did", "is": "is", "are": "are", "was": "was", "were": "were",
-        "have": "have", "has": "has", "had": "had", "could": "could", "would": "would", "should": "should",
-        "must": "must", "might": "might", "need": "need", "ought": "ought", "may": "may", "dare": "dare",
-        "ai": "ai", "ca": "ca", "wo": "wo", "sha": "sha",
-    }
+    nt = ("do", "does", "did", "is", "are", "was", "were", "have", "has", "had", "could", "would", "should",
+          "must", "might", "need", "ought", "may", "dare", "ai", "ca", "wo", "sha")
     for stem in nt:
         for ap in ("'", "’"):
             add(f"{stem}n{ap}t", [stem, f"n{ap}t"])
