@@ -415,8 +415,10 @@ class Engine:
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
         seq.generated.append(token)
-        seq.seen = torch.cat([seq.seen, torch.tensor([[token]], dtype=torch.long, device=seq.seen.device)], dim=1)
-        info = info or TokenInfo(token, self._piece(token))
+        if seq.cfg.repetition_penalty != 1.0:  # the only reader of `seen`
+            seq.seen = torch.cat([seq.seen, torch.tensor([[token]], dtype=torch.long, device=seq.seen.device)], dim=1)
+        # Token texts are only shown with logprobs (and TGI details); skip the per-token decode otherwise.
+        info = info or TokenInfo(token, self._piece(token) if seq.params.logprobs is not None else "")
         finish = None
         if token in seq.cfg.eos_ids:
             finish = "stop"
