@@ -161,3 +161,16 @@ def test_kv_cache_row_ops_keep_attention_exact(tiny_ckpt):
             got.append(model(tokens, position_ids=pos, cache=view)[1, -1])
             shared.length = view.length
     assert (torch.stack(got) - full2).abs().max().item() < 1e-4
+
+
+def test_cancel_while_waiting_leaves_the_queue(tiny_ckpt):
+    model, tok = _load(tiny_ckpt)
+    engine = Engine(model, tok, max_batch_size=1, max_queue=2, start=False)
+    ids = tok.encode(PROMPTS[1])
+    a, b = (Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0)) for _ in range(2))
+    engine.submit([a, b])
+    engine.cancel(b)
+    assert list(engine.waiting) == [a] and engine.stats["cancelled"] == 1
+    engine.submit([Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0))])  # room again
+    with pytest.raises(Exception, match="queue is full"):
+        engine.submit([Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0))])

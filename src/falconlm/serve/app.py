@@ -9,6 +9,7 @@ queue is 503 with Retry-After; a client that goes away cancels its sequences (fr
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -72,7 +73,8 @@ class _AuthAndLog:
         path = scope.get("path", "")
         if self.api_key and path != "/health":
             headers = dict(scope.get("headers") or [])
-            if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {self.api_key}":
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode("latin-1", "replace")):
                 response = _error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error", headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 self._log(scope, 401, start)

@@ -211,6 +211,11 @@ class Engine:
         if not seq.done.is_set():
             seq.cancelled = True
             with self.cond:
+                try:  # still waiting: leave the queue now, so it stops counting against --max-queue
+                    self.waiting.remove(seq)
+                    self.stats["cancelled"] += 1
+                except ValueError:
+                    pass
                 self.cond.notify()
 
     def load(self) -> dict[str, int]:
