@@ -89,3 +89,12 @@ def test_trafilatura_dedup_state_does_not_leak_between_tasks():
     fresh = Extract(ExtractConfig(extractor="trafilatura")).process(Document("b", b))  # the next task
     assert isinstance(fresh, Document) and isinstance(after_a, Document)
     assert Extract(ExtractConfig(extractor="trafilatura")).process(Document("b", b)).text == fresh.text
+
+
+def test_unsure_prefix_falls_back_to_the_whole_document():
+    codes = " ".join(f"{i:05x}-{i * 7 % 9999:04d}" for i in range(200))[:2100]
+    text = codes + "\n" + ENGLISH * 12  # the first 2,000 characters are no language at all
+    fast = LanguageFilter(LanguageConfig(prefix_chars=2000)).process(Document("p", text))
+    full = LanguageFilter(LanguageConfig(prefix_chars=0)).process(Document("p", text))
+    assert isinstance(fast, Document) and isinstance(full, Document)
+    assert fast.metadata == full.metadata and fast.metadata["language"] == "en"
