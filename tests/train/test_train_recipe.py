@@ -150,7 +150,7 @@ def test_config_precedence_yaml_then_flags(tmp_path):
 
 
 @pytest.mark.parametrize("name,lr,batch,ramp,z", [
-    ("tiny", 1e-2, 16, 2e4, 1e-4),
+    ("tiny", 1e-2, 8, 1e4, 1e-4),
     ("rw-1b", 2e-4, 512, 4e9, 0.0),
     ("falcon-7b", 6e-4, 2304, 3e10, 1e-4),
     ("falcon-40b", 1.85e-4, 1152, 1e11, 1e-4),

@@ -49,18 +49,25 @@ class TokenWindows:
             pos = (pos + take) % self.tokens
         return out
 
-    def random_windows(self, seed: int, step: int, count: int) -> np.ndarray:
-        """`count` random windows for optimizer step `step`: (count, seq_len + 1) int64."""
+    def random_starts(self, seed: int, step: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, offset) of `count` random windows for optimizer step `step`; cheap, so every rank draws all."""
         if self.n_random_starts == 0:
             raise FalconError(f"no shard holds a full window of {self.seq_len + 1} tokens; lower --seq-len")
         rng = np.random.default_rng([seed, step])
         flat = rng.integers(0, self.n_random_starts, size=count)
         shard = np.searchsorted(self.start_bounds, flat, side="right") - 1
-        out = np.empty((count, self.seq_len + 1), dtype=np.int64)
-        for j, (s, f) in enumerate(zip(shard, flat)):
-            off = int(f - self.start_bounds[s])
-            out[j] = self.shards[s][off : off + self.seq_len + 1]
+        return shard, flat - self.start_bounds[shard]
+
+    def read_windows(self, shard: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """The windows at the given (shard, offset) pairs: (len, seq_len + 1) int64."""
+        out = np.empty((len(shard), self.seq_len + 1), dtype=np.int64)
+        for j, (s, off) in enumerate(zip(shard, offset)):
+            out[j] = self.shards[int(s)][int(off) : int(off) + self.seq_len + 1]
         return out
+
+    def random_windows(self, seed: int, step: int, count: int) -> np.ndarray:
+        """`count` random windows for optimizer step `step`: (count, seq_len + 1) int64."""
+        return self.read_windows(*self.random_starts(seed, step, count))
 
     def sequential_windows(self, first_sample: int, count: int) -> np.ndarray:
         """Windows number first_sample .. first_sample + count - 1 of the stream, stride seq_len."""
@@ -84,9 +91,13 @@ class BatchSource:
     def rank_micro_batches(self, step: int, samples_before: int, batch: int) -> list[np.ndarray]:
         """This rank's micro-batches: rank r takes micro-batch m from rows [(m*world + r)*micro, +micro)."""
         if self.sampling == "random":
-            full = self.global_batch(step, samples_before, batch)
-            rows = lambda m: full[(m * self.world + self.rank) * self.micro : (m * self.world + self.rank + 1) * self.micro]  # noqa: E731
-            return [rows(m) for m in range(batch // (self.micro * self.world))]
+            # Every rank draws the whole step's starts (identical everywhere) but reads only its own rows.
+            shard, offset = self.windows.random_starts(self.seed, step, batch)
+            out = []
+            for m in range(batch // (self.micro * self.world)):
+                rows = slice((m * self.world + self.rank) * self.micro, (m * self.world + self.rank + 1) * self.micro)
+                out.append(self.windows.read_windows(shard[rows], offset[rows]))
+            return out
         # Sequential: read only this rank's rows.
         out = []
         for m in range(batch // (self.micro * self.world)):

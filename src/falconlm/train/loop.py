@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
                         f"step {step:>6}/{sched.total_steps} | loss {record['loss']:.4f}{vl} | lr {lr:.3e} | grad {record['grad_norm']:.3f} | "
                         f"batch {plan.batch} | {tps:,.0f} tok/s | MFU {mfu * 100:.1f}% | ETA {format_duration(eta)}"
                     )
+                    sys.stdout.flush()  # log files and pipes see each line as it happens
                 window = {"t0": time.perf_counter(), "tokens": 0, "losses": [], "norms": []}
             if (cfg.save_interval and step % cfg.save_interval == 0) or last:
                 trainer = {"step": step, "tokens": tokens, "samples": samples, "config": cfg.to_dict()}
