@@ -256,21 +256,19 @@ class Engine:
     def step(self) -> None:
         """One engine step: drop cancelled rows, admit waiting requests, decode one token for every active row."""
         outbox: list[Sequence] = []
+        with self.cond:
+            current = list(self.active) + list(self.waiting)
         try:
-            with self.cond:
-                current = list(self.active) + list(self.waiting)
             for s in current:
                 s.outbox = outbox
             with torch.inference_mode():
                 self._step()
         finally:
-            self._flush(outbox)
+            self._flush(current, outbox)
 
-    def _flush(self, outbox: list[Sequence]) -> None:
-        """Deliver a step's events: one event-loop wake-up per request instead of one per token."""
-        with self.cond:
-            current = list(self.active) + list(self.waiting)
-        for s in current + outbox:
+    def _flush(self, current: list[Sequence], outbox: list[Sequence]) -> None:
+        """Deliver a step's events: one event-loop wake-up per step instead of one per token and request."""
+        for s in current:
             s.outbox = None
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, list[tuple[int, Event]]]]] = {}
         for s in dict.fromkeys(outbox):
