@@ -25,6 +25,12 @@ def tiny_rw_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_40b_ckpt(tmp_path_factory) -> Path:
+    """tiny-40b (new decoder architecture, grouped KV heads) checkpoint directory."""
+    return build_checkpoint(tmp_path_factory.mktemp("serve") / "tiny40b", preset="tiny-40b", seed=2)
+
+
+@pytest.fixture(scope="session")
 def loaded(tiny_ckpt):
     """(model, tokenizer) of the tiny-7b checkpoint."""
     from falconlm.model.falcon import FalconForCausalLM

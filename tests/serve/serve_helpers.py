@@ -24,7 +24,7 @@ def build_checkpoint(out: Path, preset: str = "tiny-7b", seed: int = 0, **overri
     tok.save(tok_dir)
     # A wide init makes greedy output vary token to token (the default 0.02 repeats one token),
     # so equality tests compare real sequences; eos is the tokenizer's <|endoftext|>.
-    defaults = {"tiny-7b": dict(initializer_range=1.0), "tiny-rw": dict(initializer_range=0.2)}.get(preset, {})
+    defaults = {"tiny-7b": dict(initializer_range=1.0), "tiny-40b": dict(initializer_range=1.0), "tiny-rw": dict(initializer_range=0.2)}.get(preset, {})
     config = FalconConfig.from_preset(preset, vocab_size=tok.vocab_size, **{**defaults, "eos_token_id": tok.eot_id, "bos_token_id": tok.eot_id, **overrides})
     model = build_model(config, seed=seed)
     model.save_pretrained(out, tokenizer_dir=tok_dir)

@@ -36,7 +36,7 @@ def _drain(engine, seqs, limit=10_000):
     raise AssertionError("engine did not finish")
 
 
-@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_rw_ckpt"])
+@pytest.mark.parametrize("which", ["tiny_ckpt", "tiny_40b_ckpt", "tiny_rw_ckpt"])
 def test_rows_joining_mid_decode_equal_alone(which, request):
     """Requests arrive while others decode (shorter and longer prompts than the fill pointer); each equals generate alone."""
     model, tok = _load(request.getfixturevalue(which))
