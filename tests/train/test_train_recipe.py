@@ -188,3 +188,13 @@ def test_fused_head_loss_equals_autograd_reference(z):
     torch.testing.assert_close(gw, w.grad, rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # evaluation: no gradient work, same value
         assert torch.equal(linear_cross_entropy(h, w, t, z, chunk=10)[0], total.detach())
+
+
+def test_activation_checkpointing_gives_the_same_training(sample_shards, tmp_path, tiny_cfg):
+    from falconlm.train.loop import pretrain
+
+    plain = pretrain(tiny_cfg(sample_shards, tmp_path / "plain", max_steps=3, save_interval=0))
+    ckpt = pretrain(tiny_cfg(sample_shards, tmp_path / "ac", max_steps=3, save_interval=0, activation_checkpointing=True))
+    for step, loss in plain.losses.items():
+        assert ckpt.losses[step] == pytest.approx(loss, rel=1e-6)
+        assert ckpt.grad_norms[step] == pytest.approx(plain.grad_norms[step], rel=1e-5)

@@ -123,8 +123,9 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     if cfg.fused_loss and strategy != "fsdp":
         head_weight, trainable = model.lm_head.weight, HiddenStatesModel(model)
     wrapped = wrap_model(trainable, strategy, env, precision)
-    if cfg.compile:
-        wrapped.compile()
+    # Compiled for training only: evaluation runs under no_grad, where the model switches to oneDNN
+    # linears that inductor cannot lower (torch 2.13), so it uses the eager module.
+    train_forward = torch.compile(wrapped) if cfg.compile else wrapped
     optimizer = build_optimizer(model, cfg)  # the same parameter objects, named as in the HF model
 
     sched = Schedule(cfg, env.world)
@@ -152,10 +153,10 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
     head_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
 
-    def loss_of(batch: torch.Tensor, z_loss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_of(batch: torch.Tensor, z_loss: float, training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(total, cross-entropy) of one micro-batch of windows."""
         with autocast():
-            out = wrapped(batch[:, :-1])
+            out = (train_forward if training else wrapped)(batch[:, :-1])
         if head_weight is not None:
             return linear_cross_entropy(out, head_weight, batch[:, 1:], z_loss, compute_dtype=head_dtype)
         return lm_loss(out, batch[:, 1:], z_loss)
@@ -175,7 +176,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
         with torch.no_grad():
             for i in range(0, len(val), cfg.micro_batch_size):
                 batch = to_device(val[i : i + cfg.micro_batch_size])
-                total += loss_of(batch, 0.0)[1].double() * len(batch)
+                total += loss_of(batch, 0.0, training=False)[1].double() * len(batch)
         wrapped.train()
         return float(total / len(val))
 
