@@ -1,26 +1,34 @@
 # The README's commands. Each target creates .venv and installs what it needs by itself.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo bench clean
 
-$(STAMP): pyproject.toml
+# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
+$(VENV)/.torch:
 	test -x $(PY) || python3 -m venv $(VENV)
-	# The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	touch $@
+
+# What the demo needs: the pipeline and lm-eval (no test-only peers, no Ray).
+$(VENV)/.demo: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e '.[data,eval]'
+	touch $@
+
+# Everything, with the test-only peers (transformers, datatrove, ...).
+$(VENV)/.test: pyproject.toml $(VENV)/.torch
 	$(PY) -m pip install -q -e '.[all,test]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.test
 
-test: $(STAMP)
+test: $(VENV)/.test
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+demo: $(VENV)/.demo
 	$(VENV)/bin/falconlm quickstart --out out/quickstart
 
-bench: $(STAMP)
+bench: $(VENV)/.test
 	$(PY) benchmarks/bench_generate.py --quick
 
 clean:

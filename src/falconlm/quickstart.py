@@ -28,14 +28,14 @@ class QuickstartConfig:
     """The demo's sizes: small enough for a few minutes on 2 CPU cores."""
 
     vocab_size: int = 2048
-    val_fraction: float = 0.1
+    val_fraction: float = 0.15
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     seq_len: int = 128
-    max_steps: int = 400
+    max_steps: int = 250
     global_batch_size: int = 16
-    micro_batch_size: int = 8
+    micro_batch_size: int = 16
     lr: float = 3e-3
     new_tokens: int = 40
     workers: int = 2
