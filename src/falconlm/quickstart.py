@@ -13,12 +13,13 @@ import argparse
 import base64
 import html
 import json
-import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from falconlm.atomic import atomic_write_text
 
 PROMPTS = ["The Debian package", "To install the", "The configuration file"]
 
@@ -125,12 +126,8 @@ def _write_heldout(out: Path, corpus: Path, fraction: float) -> Path:
 
     path = out / "heldout.jsonl"
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for text in iter_texts(expand_paths([str(corpus)])):
-                if is_heldout(text, fraction):
-                    f.write(json.dumps({"text": text}) + "\n")
-        os.replace(tmp, path)
+        texts = (t for t in iter_texts(expand_paths([str(corpus)])) if is_heldout(t, fraction))
+        atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     return path
 
 
@@ -208,6 +205,4 @@ def _write_report(out: Path, summary: dict, generations: list[tuple[str, str]]) 
 <h2>Loss curves</h2>{_img(curve)}
 <h2>Sample generations (greedy, repetition penalty 1.2)</h2><table>{gens}</table>
 </body></html>"""
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "report.html")
+    atomic_write_text(out / "report.html", page)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 
@@ -27,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print a table; results go to JSON."""
     from itertools import islice
 
+    from falconlm.atomic import atomic_write_text
     from falconlm.errors import FalconError
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tasks:
         results["tasks"] = run_tasks(model, tokenizer, [t.strip() for t in args.tasks.split(",") if t.strip()], args)
     out = Path(args.out or Path(args.checkpoint) / "eval_results.json")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults written to {out}")
     return 0
 

@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from falconlm.atomic import atomic_write, atomic_write_text
 from falconlm.errors import FalconError
 from falconlm.model.config import FalconConfig
 
@@ -68,7 +69,7 @@ def save_pretrained(model: "FalconForCausalLM", directory: str | os.PathLike, ma
     shards = _plan_shards(state, parse_size(max_shard_size))
     names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, keys in zip(names, shards):
-        _atomic(out / name, lambda tmp, keys=keys: save_file({k: state[k] for k in keys}, str(tmp), metadata={"format": "pt"}))
+        atomic_write(out / name, lambda tmp, keys=keys: save_file({k: state[k] for k in keys}, str(tmp), metadata={"format": "pt"}))
     # Remove what an earlier save with another layout left behind, so loaders never mix the two.
     for stale in list(out.glob("model*.safetensors")) + [out / INDEX_FILE]:
         if stale.name not in names and stale.exists():
@@ -78,17 +79,17 @@ def save_pretrained(model: "FalconForCausalLM", directory: str | os.PathLike, ma
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": {k: name for name, keys in zip(names, shards) for k in keys},
         }
-        _atomic_text(out / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
     config.save(out)
     gen = {"_from_model_config": True, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     if config.pad_token_id is not None:
         gen["pad_token_id"] = config.pad_token_id
-    _atomic_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+    atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     source = tokenizer_dir or model.source_dir
     if source is not None and Path(source).resolve() != out.resolve():
         for name in TOKENIZER_FILES:
             if (Path(source) / name).is_file():
-                _atomic(out / name, lambda tmp, name=name: shutil.copyfile(Path(source) / name, tmp))
+                atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(Path(source) / name, tmp))
 
 
 def _plan_shards(state: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
@@ -103,20 +104,6 @@ def _plan_shards(state: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
         shards[-1].append(key)
         size += n
     return shards
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 # ----------------------------------------------------------------------------- load

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from falconlm.atomic import atomic_write_text
 from falconlm.errors import FalconError
 
 # model_type values written by the original custom code (RWForCausalLM) and by transformers.
@@ -129,7 +130,7 @@ class FalconConfig:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.json atomically."""
         path = Path(directory) / "config.json"
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -216,8 +217,3 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-rw": dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512, **_RW),
 }
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
