@@ -42,7 +42,7 @@ def build(preset: str, layers: int | None, dtype: torch.dtype, seed: int = 0):
     return cfg, ours.train(), peer.train()
 
 
-def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = "fused"):
+def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = "fused", compile_ours: bool = False, compile_peer: bool = False):
     """The two training steps as the two libraries are used for pretraining."""
     from falconlm.train.config import TrainConfig
     from falconlm.train.loss import linear_cross_entropy
@@ -55,11 +55,14 @@ def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = 
     opt_peer = torch.optim.AdamW(peer.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **kernel)
     autocast = precision == "bf16-mixed"
     inputs, targets = batch[:, :-1], batch[:, 1:]
+    # As `pretrain --compile` does: the training forward (model up to the final hidden states) compiled.
+    ours_hidden = (torch.compile(ours.hidden_states) if compile_ours else ours.hidden_states) if hasattr(ours, "hidden_states") else None
+    peer_forward = torch.compile(peer) if compile_peer else peer
 
     def ours_step() -> float:
         # What the pretrain loop runs: hidden states, then the LM head fused with the loss (incl. Falcon's z-loss).
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            hidden = ours.hidden_states(inputs)
+            hidden = ours_hidden(inputs)
         loss, _ = linear_cross_entropy(hidden, ours.lm_head.weight, targets, 1e-4, compute_dtype=torch.bfloat16 if autocast else None)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
@@ -69,7 +72,7 @@ def step_fns(ours, peer, batch: torch.Tensor, precision: str, peer_optim: str = 
 
     def peer_step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = peer(input_ids=inputs, labels=batch[:, :-1])
+            out = peer_forward(input_ids=inputs, labels=batch[:, :-1])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
         opt_peer.step()
@@ -118,6 +121,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peer-optim", default="fused", choices=["fused", "foreach", "forloop"],
                     help="transformers side's AdamW kernel (fused = Trainer's default on torch >= 2.8)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile our training forward (as pretrain --compile)")
+    ap.add_argument("--compile-peer", action="store_true", help="torch.compile the transformers model too")
     ap.add_argument("--quick", action="store_true", help="small config, few steps: a smoke run")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_train.json"))
     args = ap.parse_args()
@@ -138,16 +143,19 @@ def main() -> None:
     for which in ("ours", "peer"):
         p = ctx.Process(target=_memory_child, args=(which, margs, q))
         p.start()
-        w, base, pk = q.get()
         p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"the {which} memory probe failed (exit code {p.exitcode})")
+        w, base, pk = q.get()
         mem["falconlm" if w == "ours" else "transformers"] = {"baseline_mib": round(base), "peak_rss_mib": round(pk)}
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16-true" else torch.float32
     cfg, ours, peer = build(args.preset, args.layers, dtype)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1))
-    ours_step, peer_step = step_fns(ours, peer, batch, args.precision, args.peer_optim)
-    l_ours, l_peer = ours_step(), peer_step()  # warm-up; same weights and batch -> same loss up to z-loss
+    ours_step, peer_step = step_fns(ours, peer, batch, args.precision, args.peer_optim, args.compile, args.compile_peer)
+    l_ours, l_peer = ours_step(), peer_step()  # warm-up (and compilation); same weights and batch -> same loss up to z-loss
+    ours_step(), peer_step()
     times: dict[str, list[float]] = {"falconlm": [], "transformers": []}
     cpu: dict[str, list[float]] = {"falconlm": [], "transformers": []}
     for _ in range(args.steps):
@@ -171,7 +179,8 @@ def main() -> None:
     result = {
         "benchmark": "train_step",
         "config": {"preset": args.preset, "layers": cfg.num_hidden_layers, "params": cfg.num_parameters(), "batch": args.batch,
-                   "seq_len": args.seq_len, "precision": args.precision, "steps": args.steps, "peer_optim": args.peer_optim},
+                   "seq_len": args.seq_len, "precision": args.precision, "steps": args.steps, "peer_optim": args.peer_optim,
+                   "compile_ours": args.compile, "compile_peer": args.compile_peer},
         "first_step_loss": {"falconlm (ce + z-loss)": l_ours, "transformers (ce)": l_peer},
         "best_step_s": best,
         "median_step_s": med,
