@@ -1,7 +1,7 @@
 """Run by tests/train/test_train_distributed.py under `torchrun --nproc-per-node 2` (CPU, gloo).
 
 Usage: dist_worker.py DATA OUT SCENARIO[,SCENARIO...]; each scenario writes OUT/<name>/result.json on rank 0.
-Scenarios: ddp (straight run), ddp-resume (killed after a checkpoint, then --resume), fsdp (straight run).
+Scenarios: ddp / fsdp (straight runs), ddp-resume / fsdp-resume (killed after a checkpoint, then --resume).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main() -> None:
         elif name == "fsdp":
             res = loop.pretrain(base(data, run_out, strategy="fsdp"))
             losses = res.losses
-        elif name == "ddp-resume":
+        elif name in ("ddp-resume", "fsdp-resume"):
+            strategy = name.split("-")[0]
             original = BatchSource.rank_micro_batches
 
             def dying(self, step, samples_before, batch):
@@ -52,11 +53,11 @@ def main() -> None:
 
             BatchSource.rank_micro_batches = dying
             try:
-                loop.pretrain(base(data, run_out, strategy="ddp"))
+                loop.pretrain(base(data, run_out, strategy=strategy))
             except KeyboardInterrupt:
                 pass
             BatchSource.rank_micro_batches = original
-            res = loop.pretrain(base(data, run_out, strategy="ddp", resume=True))
+            res = loop.pretrain(base(data, run_out, strategy=strategy, resume=True))
             losses = res.losses
         else:
             raise SystemExit(f"unknown scenario {name}")

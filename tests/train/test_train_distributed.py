@@ -1,4 +1,4 @@
-"""2-process gloo DDP and FSDP2 on CPU under torchrun: same losses as one process with the same global batch; DDP resume."""
+"""2-process gloo DDP and FSDP2 on CPU under torchrun: same losses as one process with the same global batch; bit-exact resume."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def dist_runs(sample_shards, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(sample_shards), str(out), "ddp,fsdp,ddp-resume"]
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(sample_shards), str(out), "ddp,fsdp,ddp-resume,fsdp-resume"]
     if not torchrun.exists():
         cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
     # Own session, so a hung launch is killed with all its ranks, never left behind.
@@ -62,10 +62,11 @@ def test_two_ranks_match_one_process(dist_runs, single, strategy):
         torch.testing.assert_close(final[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
-def test_ddp_resume_is_bit_exact(dist_runs):
-    straight, resumed = losses(dist_runs / "ddp"), losses(dist_runs / "ddp-resume")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_resume_is_bit_exact_under_torchrun(dist_runs, strategy):
+    straight, resumed = losses(dist_runs / strategy), losses(dist_runs / f"{strategy}-resume")
     assert sorted(resumed) == [4, 5, 6]  # resumed from the step-3 checkpoint after a kill in step 5
     assert all(resumed[s] == straight[s] for s in resumed)
-    a = load_file(str(dist_runs / "ddp" / "checkpoints" / "step-00000006" / "model.safetensors"))
-    b = load_file(str(dist_runs / "ddp-resume" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    a = load_file(str(dist_runs / strategy / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(dist_runs / f"{strategy}-resume" / "checkpoints" / "step-00000006" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
