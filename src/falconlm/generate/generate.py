@@ -11,7 +11,8 @@ import torch
 from falconlm.errors import FalconError
 from falconlm.generate.head_screen import screen_for
 from falconlm.generate.sampling import GenerationConfig, next_tokens
-from falconlm.model.falcon import FalconForCausalLM, linear
+from falconlm.model.falcon import FalconForCausalLM
+from falconlm.model.linear import linear
 
 Decode = Callable[[list[int]], str]
 

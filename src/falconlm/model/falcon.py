@@ -18,26 +18,9 @@ from torch import nn
 
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
+from falconlm.model.linear import linear
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
-# oneDNN's fp32 inner-product kernels stream weights faster than the MKL sgemm behind F.linear on
-# the CPUs we measured (notably AMD EPYC): about 1.7x for the batch-1 decode GEMV (benchmarks/).
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-use_onednn_linear = _ONEDNN_LINEAR
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T without bias; oneDNN on CPU when no gradient is needed, F.linear otherwise."""
-    if (
-        use_onednn_linear
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, None, "none", [], "")
-        return y.view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight)
 
 
 class FalconLinear(nn.Linear):

@@ -27,7 +27,8 @@ import torch
 from falconlm.errors import FalconError
 from falconlm.generate.head_screen import screen_for
 from falconlm.generate.sampling import GenerationConfig, next_tokens
-from falconlm.model.falcon import FalconForCausalLM, linear
+from falconlm.model.falcon import FalconForCausalLM
+from falconlm.model.linear import linear
 
 log = logging.getLogger("falconlm.serve")
 

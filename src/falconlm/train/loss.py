@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from falconlm.model.linear import matmul_nt
+
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(total, cross_entropy): mean next-token CE plus z_loss x mean(logsumexp(logits)^2).
@@ -39,9 +41,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
         ce_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
         z_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        # w.T materialised once lets the grad_h GEMM run on the fast CPU path too (model/linear.py).
+        w_t = w.t().contiguous() if need_grad and cd == torch.float32 and w.device.type == "cpu" else None
         for s in range(0, n, chunk):
             h, t = hidden[s : s + chunk].to(cd), targets[s : s + chunk]
-            logits = (h @ w.t()).float()
+            logits = matmul_nt(h, w).float()
             lse = torch.logsumexp(logits, dim=-1)
             ce_sum += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum(dtype=torch.float64)
             z_sum += lse.square().sum(dtype=torch.float64)
@@ -50,8 +54,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g.mul_(((1.0 + 2.0 * z_loss * lse) / n)[:, None])
                 g[torch.arange(len(t), device=g.device), t] -= 1.0 / n
                 g = g.to(cd)
-                grad_h[s : s + chunk] = g @ w
-                if cd == torch.float32:
+                grad_h[s : s + chunk] = matmul_nt(g, w_t) if w_t is not None else g @ w
+                if w_t is not None:
+                    grad_w += matmul_nt(g.t(), h.t())
+                elif cd == torch.float32:
                     grad_w.addmm_(g.t(), h)
                 else:
                     grad_w += (g.t() @ h).float()
