@@ -22,16 +22,22 @@ def flops_per_token(config, seq_len: int) -> float:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 3) -> float:
-    """Best achieved FLOP/s of an n x n matmul on this device and dtype: the MFU denominator on machines without a spec sheet."""
+    """Best achieved FLOP/s of an n x n matmul on this device and dtype: the MFU denominator on machines without a spec sheet.
+
+    Measured with the matmul the model itself runs (falconlm.model.linear: oneDNN on CPU in fp32),
+    so MFU compares the model with its own kernel's peak.
+    """
+    from falconlm.model.linear import matmul_nt
+
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
+    matmul_nt(a, b)  # warm-up
     best = math.inf
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        torch.matmul(a, b)
+        matmul_nt(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
