@@ -30,11 +30,11 @@ class QuickstartConfig:
 
     vocab_size: int = 2048
     val_fraction: float = 0.15
-    hidden_size: int = 128
+    hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
     seq_len: int = 128
-    max_steps: int = 250
+    max_steps: int = 400
     global_batch_size: int = 16
     micro_batch_size: int = 16
     lr: float = 3e-3
