@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from falconlm.data.document import Document
 from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
-from falconlm.data.readers import ReaderOptions, read_documents
+from falconlm.data.readers import read_documents
 from falconlm.data.step import PipelineStep, StepStats, run_steps
 from falconlm.data.writers import ShardWriter, shard_name
 

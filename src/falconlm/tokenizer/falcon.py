@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from falconlm.atomic import atomic_write_text
 from falconlm.errors import FalconError
 
 # Ids 0..11 in this order; <|endoftext|> (id 11) is both bos and eos in Falcon configs.
@@ -122,9 +123,9 @@ class FalconTokenizer:
             "tokenizer_class": "PreTrainedTokenizerFast",
         }
         special_map = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "additional_special_tokens": extra}
-        _atomic_write(out / "tokenizer.json", self.tokenizer.to_str(pretty=True))
-        _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-        _atomic_write(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
+        atomic_write_text(out / "tokenizer.json", self.tokenizer.to_str(pretty=True))
+        atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(out / "special_tokens_map.json", json.dumps(special_map, indent=2) + "\n")
         return out / "tokenizer.json"
 
     def fingerprint(self) -> str:
@@ -164,9 +165,3 @@ class FalconTokenizer:
         if batch:
             yield from self.encode_batch(batch)
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from falconlm.atomic import atomic_write_text
 from falconlm.errors import FalconError
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,6 @@ def _atomic_write_bytes(path: Path, arrays: list[np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def write_token_shards(
     corpus: list[str],
     tokenizer_dir: str | os.PathLike,
@@ -221,7 +216,7 @@ def write_token_shards(
             _atomic_write_bytes(out / name, buffers[split])
             index.splits[split].append(ShardInfo(name, counts[split][0], counts[split][1]))
             buffers[split], counts[split] = [], [0, 0]
-        _atomic_write_json(prog_path, {"job": job, "index": index.to_dict()})
+        atomic_write_text(prog_path, json.dumps({"job": job, "index": index.to_dict()}, indent=2) + "\n")
 
     def texts() -> Iterator[str]:
         skip = docs_done
@@ -266,7 +261,7 @@ def write_token_shards(
     tok_copy = out / "tokenizer"
     tok_copy.mkdir(exist_ok=True)
     tok.save(tok_copy)
-    _atomic_write_json(out / INDEX_FILE, index.to_dict())
+    atomic_write_text(out / INDEX_FILE, json.dumps(index.to_dict(), indent=2) + "\n")
     prog_path.unlink(missing_ok=True)
     if index.skipped_docs:
         log.warning("skipped %d empty documents", index.skipped_docs)
