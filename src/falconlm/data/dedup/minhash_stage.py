@@ -5,9 +5,9 @@
    memory budget, so memory never depends on the shard size;
 2. buckets (one task per band group): k-way merge of every shard's runs, bounded by the budget;
    documents sharing a key become pairs (first document, other document);
-3. clusters (one task): union-find over all pairs (memory grows with the number of *duplicate*
-   documents, not with the corpus); every non-root member is removed, the root — the cluster's
-   first document in input order — is kept;
+3. clusters (one task): connected components of the pair graph out of core (components.py:
+   star contraction over sorted runs, memory within the budget); every non-root member is
+   removed, the root — the cluster's first document in input order — is kept;
 4. filter (one task per shard): copy the shard without its removed documents.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,11 @@ from falconlm.data.dedup.common import (
     stats_dict,
     work_dir,
 )
-from falconlm.data.dedup.merge import merge_groups
+from falconlm.data.dedup.merge import GroupFirsts, merge_sorted
 from falconlm.data.dedup.minhash import MinHashConfig, MinHasher, s_curve_table
-from falconlm.data.dedup.records import KEY_DOC, PAIR, read_records, write_records
+from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordReader, ShardRemovalWriter, write_records
 from falconlm.data.dedup.shingles import shingles_batch
-from falconlm.data.dedup.unionfind import clusters_from_pairs
+from falconlm.data.dedup.components import star_components
 from falconlm.data.executor import Stage, report_progress, run_stage
 from falconlm.data.step import StepStats
 from falconlm.errors import FalconError
@@ -163,18 +162,17 @@ class BucketTask:
             runs += 1
             pairs, held = [], 0
 
-        for block in merge_groups(files, KEY_DOC, chunk):
+        firsts = GroupFirsts()  # a bucket (key) may span merged blocks
+        for block in merge_sorted(files, KEY_DOC, chunk):
             k, d = block["key"], block["doc"]
-            if len(k) < 2:
+            starts, first_doc = firsts(k, d)
+            # Pair every document of a bucket but its first with the first one.
+            later = ~starts
+            if not later.any():
                 continue
-            same = np.concatenate([[False], k[1:] == k[:-1]])
-            if not same.any():
-                continue
-            # Index of each row's group start; pair every non-first row with its group's first doc.
-            start = np.maximum.accumulate(np.where(~same, np.arange(len(k)), 0))
-            p = np.empty(int(same.sum()), dtype=PAIR)
-            p["a"] = d[start[same]]
-            p["b"] = d[same]
+            p = np.empty(int(later.sum()), dtype=PAIR)
+            p["a"] = first_doc[later]
+            p["b"] = d[later]
             pairs.append(p)
             held += p.nbytes
             if held > self.res.memory_bytes // 4:
@@ -200,36 +198,23 @@ class ClusterTask:
 
     def run(self) -> dict[str, Any]:
         work = Path(self.work)
-        # All groups' pair runs merged by first document: each block holds every copy of its
-        # pairs, so a per-block unique is global. Memory here grows with the number of duplicate
-        # documents (union-find needs them all), never with the corpus.
+        # All groups' pair runs merged, then connected components out of core: memory stays
+        # within the budget however many documents are duplicated.
         files = sorted((work / "buckets").glob("g*.r*.bin"))
         chunk = max(1024, self.res.memory_bytes // (4 * PAIR.itemsize * max(1, len(files))))
-        parts = [np.unique(block) for block in merge_groups(files, PAIR, chunk)]
-        pairs = np.concatenate(parts) if parts else np.empty(0, PAIR)
-        members, roots = clusters_from_pairs(pairs["a"], pairs["b"])
-        removed = members != roots
-        rem = np.empty(int(removed.sum()), dtype=PAIR)
-        rem["a"], rem["b"] = members[removed], roots[removed]  # sorted by doc (np.unique order)
-        shard_of = (rem["a"] >> np.uint64(32)).astype(np.int64)
-        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
-        for s in range(self.n_shards):
-            write_records(work / "clusters" / f"remove.s{s:05d}.bin", rem[bounds[s] : bounds[s + 1]], sorted_=True)
-        # Cluster sizes: members per root.
-        uroots, sizes = np.unique(roots, return_counts=True)
-        hist = Counter(int(x) for x in sizes)
-        order = np.lexsort((uroots, -sizes))[: self.res.examples]
-        examples = []
-        for i in order:
-            ids = members[roots == uroots[i]][:5]
-            examples.append({"root": int(uroots[i]), "size": int(sizes[i]), "members": [int(x) for x in ids]})
+        removals = ShardRemovalWriter(work / "clusters", self.n_shards)
+        found = star_components(merge_sorted(files, PAIR, chunk), work / "components", self.res.memory_bytes, removals, self.res.examples)
+        removals.close()
+        hist = found.size_histogram
         summary = {
-            "pairs": int(len(pairs)),
-            "clusters": int(len(uroots)),
-            "documents_in_clusters": int(len(members)),
-            "removed": int(removed.sum()),
+            "pairs": found.pairs,
+            "clusters": found.clusters,
+            "documents_in_clusters": found.documents,
+            "removed": found.removed,
             "cluster_size_histogram": {str(k): hist[k] for k in sorted(hist)},
-            "examples": examples,
+            "examples": found.examples,
+            "rounds": found.rounds,
+            "spilled_runs": found.spilled_runs,
         }
         tmp = work / f"clusters.json.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
@@ -255,8 +240,9 @@ class FilterTask:
     def run(self) -> dict[str, Any]:
         from falconlm.data.writers import ShardWriter
 
-        rem = read_records(Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin", PAIR)
-        root_of = {int(split_id(int(a))[1]): int(b) for a, b in zip(rem["a"], rem["b"])}
+        # The removal list is sorted by document: read it alongside the shard, a chunk at a time.
+        removals = _sorted_rows(Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin", self.res.memory_bytes // (8 * PAIR.itemsize))
+        nxt = next(removals, None)
         wanted = {int(x) for x in self.example_docs}
         st = StepStats("minhash")
         log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
@@ -268,9 +254,11 @@ class FilterTask:
                 gid = global_id(self.shard, i)
                 if gid in wanted:
                     examples.append({"doc": gid, "id": doc.id, "url": doc.url, "text": doc.text[:300]})
-                if i in root_of:
+                if nxt is not None and nxt[0] == gid:
+                    root = nxt[1]
+                    nxt = next(removals, None)
                     st.dropped["minhash_duplicate"] += 1
-                    log.add({"id": doc.id, "stage": "minhash", "cluster": root_of[i], "kept": _ref(root_of[i])})
+                    log.add({"id": doc.id, "stage": "minhash", "cluster": root, "kept": _ref(root)})
                     continue
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
@@ -279,6 +267,12 @@ class FilterTask:
         log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
+
+
+def _sorted_rows(path: Path, chunk: int):
+    """(a, b) of each record of a sorted PAIR file, as Python ints, read in chunks."""
+    for block in RecordReader(path, PAIR).chunks(max(1024, chunk)):
+        yield from zip(block["a"].tolist(), block["b"].tolist())
 
 
 def _ref(gid: int) -> str:

@@ -165,3 +165,36 @@ class RecordWriter:
         else:
             self.f.close()
             self.tmp.unlink(missing_ok=True)
+
+
+class ShardRemovalWriter:
+    """Route PAIR rows, arriving sorted by document (a), to one sorted file per shard.
+
+    `name` formats a shard number into the file name, e.g. "remove.s{:05d}.bin"."""
+
+    def __init__(self, directory: Path, n_shards: int, name: str = "remove.s{:05d}.bin") -> None:
+        self.directory = directory
+        self.n_shards = n_shards
+        self.name = name
+        self.shard = 0
+        self.writer = RecordWriter(directory / name.format(0), PAIR, sorted_=True)
+
+    def _advance_to(self, shard: int) -> None:
+        while self.shard < shard:
+            self.writer.close()
+            self.shard += 1
+            self.writer = RecordWriter(self.directory / self.name.format(self.shard), PAIR, sorted_=True)
+
+    def __call__(self, rows: np.ndarray) -> None:
+        shard_of = (rows["a"] >> np.uint64(32)).astype(np.int64)
+        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
+        for s in range(self.shard, self.n_shards):
+            lo, hi = bounds[s], bounds[s + 1]
+            if hi > lo:
+                self._advance_to(s)
+                self.writer.write(rows[lo:hi])
+
+    def close(self) -> None:
+        """Write the remaining (possibly empty) files."""
+        self._advance_to(self.n_shards - 1)
+        self.writer.close()

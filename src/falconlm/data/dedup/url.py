@@ -8,6 +8,7 @@ of all shards and of the index; first document per URL kept; new index file writ
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from falconlm.data.dedup.common import (
     work_dir,
 )
 from falconlm.data.dedup.merge import merge_groups
-from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, read_records, write_records
+from falconlm.data.dedup.external_sort import ExternalSorter
+from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, ShardRemovalWriter, read_records, write_records
 from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
 from falconlm.data.step import StepStats
 
@@ -127,7 +129,10 @@ class UrlDecideTask:
         work = Path(self.work)
         files = [work / "keys" / f"s{s:05d}.bin" for s in range(self.n_shards)] + index_files(cfg.index, self.run_id)
         chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
-        removed: list[np.ndarray] = []
+        # Removal rows (doc, 1 if seen in an earlier run) sorted by document on disk: memory stays
+        # within the budget however many URLs repeat.
+        shutil.rmtree(work / "removed-sort", ignore_errors=True)  # a killed attempt's runs
+        removed = ExternalSorter(work / "removed-sort", self.res.memory_bytes // 2)
         new_index = None
         if cfg.index and cfg.update_index:
             Path(cfg.index).mkdir(parents=True, exist_ok=True)
@@ -150,17 +155,16 @@ class UrlDecideTask:
             drop = drop_old | drop_dup
             r = np.empty(int(drop.sum()), PAIR)
             r["a"], r["b"] = d[drop], np.where(drop_old[drop], 1, 0)
-            removed.append(r)
+            removed.add(r)
             if new_index is not None and keep.any():
                 rec = np.empty(int(keep.sum()), KEY_DOC)
                 rec["key"], rec["doc"] = k[keep], INDEX_DOC
                 new_index.write(rec)
-        rem = np.concatenate(removed) if removed else np.empty(0, PAIR)
-        rem = rem[np.argsort(rem["a"], kind="stable")]
-        shard_of = (rem["a"] >> np.uint64(32)).astype(np.int64)
-        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
-        for s in range(self.n_shards):
-            write_records(work / "remove" / f"s{s:05d}.bin", rem[bounds[s] : bounds[s + 1]], sorted_=True)
+        writer = ShardRemovalWriter(work / "remove", self.n_shards, "s{:05d}.bin")
+        for rows in removed.blocks():
+            writer(rows)
+        writer.close()
+        shutil.rmtree(work / "removed-sort", ignore_errors=True)
         if new_index is not None:
             new_index.close()  # last: a crash before this leaves the index untouched
         return {"kept_urls": kept, "duplicates": dup, "seen_in_earlier_runs": seen_before}
