@@ -3,9 +3,11 @@ post-processing (at most two consecutive newlines, URLs removed), under a per-do
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from falconlm.data.document import Document
@@ -38,8 +40,19 @@ class ExtractTimeout(Exception):
     """Raised inside the extractor when the per-document alarm fires."""
 
 
-def _on_alarm(signum: int, frame: object) -> None:
-    raise ExtractTimeout()
+# The limit is a CPU-time ticker: while the step runs, ITIMER_PROF fires every limit / _TICKS_PER_LIMIT
+# CPU seconds, and a document still extracting after _TICKS_PER_LIMIT + 1 ticks is stopped (so
+# after 1 to 1.25 times the limit). Arming a timer per document would cost two system calls each.
+_TICKS_PER_LIMIT = 4
+_watch = {"active": False, "ticks": 0}
+
+
+def _on_tick(signum: int, frame: object) -> None:
+    if _watch["active"]:
+        _watch["ticks"] += 1
+        if _watch["ticks"] > _TICKS_PER_LIMIT:
+            _watch["active"] = False
+            raise ExtractTimeout()
 
 
 def postprocess(text: str, max_newlines: int = 2, remove_urls: bool = True) -> str:
@@ -73,6 +86,29 @@ def extract_text(html: str, config: ExtractConfig) -> str | None:
     raise FalconError(f"unknown extractor {config.extractor!r}: choose one of {', '.join(EXTRACTORS)}")
 
 
+@contextlib.contextmanager
+def _ticker(limit_s: float) -> Iterator[None]:
+    """SIGPROF every limit / _TICKS_PER_LIMIT CPU seconds while the block runs."""
+    old = signal.signal(signal.SIGPROF, _on_tick)
+    interval = limit_s / _TICKS_PER_LIMIT
+    signal.setitimer(signal.ITIMER_PROF, interval, interval)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
+        _watch["active"] = False
+
+
+def _watched(fn, *args):
+    """fn(*args), stopped by ExtractTimeout after the limit's worth of ticks."""
+    _watch["ticks"], _watch["active"] = 0, True
+    try:
+        return fn(*args)
+    finally:
+        _watch["active"] = False
+
+
 class Extract(PipelineStep):
     """Replace the HTML in `doc.text` by its extracted, post-processed main text."""
 
@@ -95,19 +131,23 @@ class Extract(PipelineStep):
 
             LRU_TEST.clear()
 
+    def run(self, docs, stats, on_drop=None):  # noqa: D102 (PipelineStep.run with the ticker armed once)
+        if not self._use_alarm:
+            yield from super().run(docs, stats, on_drop)
+            return
+        with _ticker(self.config.timeout_s):
+            yield from super().run(docs, stats, on_drop)
+
     def process(self, doc: Document) -> Document | str:
         """Extract; drop on timeout, error or empty result."""
         try:
-            if self._use_alarm:
-                old = signal.signal(signal.SIGPROF, _on_alarm)
-                signal.setitimer(signal.ITIMER_PROF, self.config.timeout_s)
-                try:
-                    text = extract_text(doc.text, self.config)
-                finally:
-                    signal.setitimer(signal.ITIMER_PROF, 0)
-                    signal.signal(signal.SIGPROF, old)
-            else:
+            if not self._use_alarm:
                 text = extract_text(doc.text, self.config)
+            elif signal.getsignal(signal.SIGPROF) is _on_tick:  # armed by run()
+                text = _watched(extract_text, doc.text, self.config)
+            else:  # called on its own
+                with _ticker(self.config.timeout_s):
+                    text = _watched(extract_text, doc.text, self.config)
         except ExtractTimeout:
             return "timeout"
         except FalconError:
