@@ -148,7 +148,9 @@ class BucketTask:
         for stale in out_dir.glob(f"g{self.group:03d}.r*.bin"):  # a killed attempt's runs
             stale.unlink()
         files = sorted(sig_dir.glob(f"s*.g{self.group:03d}.r*.bin"))
-        chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
+        # Budget: an eighth read ahead by the merge (a merged block and its sorted copy take about
+        # twice that again), up to an eighth of pairs buffered (their unique copy, as much again).
+        chunk = max(1024, self.res.memory_bytes // (8 * KEY_DOC.itemsize * max(1, len(files))))
         pairs: list[np.ndarray] = []
         held = runs = written = 0
 
@@ -175,10 +177,10 @@ class BucketTask:
             p["b"] = d[later]
             pairs.append(p)
             held += p.nbytes
-            if held > self.res.memory_bytes // 4:
+            if held > self.res.memory_bytes // 8:
                 pairs = [np.unique(np.concatenate(pairs))]
                 held = pairs[0].nbytes
-                if held > self.res.memory_bytes // 8:
+                if held > self.res.memory_bytes // 16:
                     flush()
         if pairs or runs == 0:
             flush()
@@ -201,7 +203,7 @@ class ClusterTask:
         # All groups' pair runs merged, then connected components out of core: memory stays
         # within the budget however many documents are duplicated.
         files = sorted((work / "buckets").glob("g*.r*.bin"))
-        chunk = max(1024, self.res.memory_bytes // (4 * PAIR.itemsize * max(1, len(files))))
+        chunk = max(1024, self.res.memory_bytes // (8 * PAIR.itemsize * max(1, len(files))))
         removals = ShardRemovalWriter(work / "clusters", self.n_shards)
         found = star_components(merge_sorted(files, PAIR, chunk), work / "components", self.res.memory_bytes, removals, self.res.examples)
         removals.close()
