@@ -114,6 +114,19 @@ _COUNTER = re.compile(COUNTER_PATTERN, re.IGNORECASE)
 _NUMERIC = re.compile(r"^[\W\d_]*\d[\W\d_]*$")  # digits and punctuation only, at least one digit
 
 
+_ASCII_LETTERS = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ASCII_UPPER = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _letter_counts(line: str) -> tuple[int, int]:
+    """(letters, upper-case letters) in the line; str.translate does ASCII lines in C."""
+    if line.isascii():
+        n = len(line)
+        return n - len(line.translate(_ASCII_LETTERS)), n - len(line.translate(_ASCII_UPPER))
+    letters = [ch for ch in line if ch.isalpha()]
+    return len(letters), sum(1 for ch in letters if ch.isupper())
+
+
 def line_removal_reason(line: str, words: list[str], config: LineConfig) -> str | None:
     """Why a whole line is removed (uppercase / numeric / counter / single_word), or None."""
     stripped = line.strip()
@@ -121,11 +134,9 @@ def line_removal_reason(line: str, words: list[str], config: LineConfig) -> str 
         return "numeric"
     if _COUNTER.match(stripped):
         return "counter"
-    letters = [ch for ch in stripped if ch.isalpha()]
-    if len(letters) >= config.min_letters_for_uppercase:
-        upper = sum(1 for ch in letters if ch.isupper())
-        if upper / len(letters) > config.max_uppercase_frac:
-            return "uppercase"
+    n_letters, n_upper = _letter_counts(stripped)
+    if n_letters >= config.min_letters_for_uppercase and n_upper / n_letters > config.max_uppercase_frac:
+        return "uppercase"
     if config.remove_single_word_lines and len(words) == 1:
         return "single_word"
     return None
