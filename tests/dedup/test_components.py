@@ -111,31 +111,3 @@ def test_memory_stays_within_budget_as_pairs_grow(tmp_path):
     assert large < budget, f"peak {large / 1e6:.1f} MB over a {budget / 1e6:.1f} MB budget"
     assert large < 1.5 * small + (256 << 10), f"peak grew with the input: {small / 1e6:.2f} -> {large / 1e6:.2f} MB"
 
-
-def test_merge_sorted_bounds_blocks_and_group_firsts_span_them(tmp_path):
-    from falconlm.data.dedup.merge import GroupFirsts, merge_sorted
-    from falconlm.data.dedup.records import KEY_DOC, write_records
-
-    rng = np.random.default_rng(3)
-    files, parts = [], []
-    for f in range(4):
-        rec = np.empty(3000, KEY_DOC)
-        rec["key"] = rng.integers(0, 25, 3000)  # groups of ~480 rows: far longer than a block
-        rec["doc"] = rng.integers(0, 10**6, 3000)
-        rec = rec[np.lexsort((rec["doc"], rec["key"]))]
-        write_records(tmp_path / f"{f}.bin", rec, sorted_=True)
-        files.append(tmp_path / f"{f}.bin")
-        parts.append(rec)
-    full = np.concatenate(parts)
-    full = full[np.lexsort((full["doc"], full["key"]))]
-    blocks = list(merge_sorted(files, KEY_DOC, chunk_records=7))
-    assert np.array_equal(np.concatenate(blocks), full)
-    assert max(len(b) for b in blocks) <= 4 * 7
-    firsts = GroupFirsts()
-    got = [firsts(b["key"], b["doc"]) for b in blocks]
-    starts = np.concatenate([s for s, _ in got])
-    first_doc = np.concatenate([f for _, f in got])
-    expect_starts = np.concatenate([[True], full["key"][1:] != full["key"][:-1]])
-    assert np.array_equal(starts, expect_starts)
-    group_first = {int(k): int(d) for k, d in zip(full["key"][expect_starts], full["doc"][expect_starts])}
-    assert first_doc.tolist() == [group_first[int(k)] for k in full["key"]]

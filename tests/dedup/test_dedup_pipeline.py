@@ -16,7 +16,7 @@ import pytest
 
 from falconlm.data.dedup.common import Resources
 from falconlm.data.dedup.exact_substring import ExactSubstringConfig
-from falconlm.data.dedup.merge import merge_groups
+from falconlm.data.dedup.merge import GroupFirsts, merge_groups, merge_sorted
 from falconlm.data.dedup.minhash import MinHashConfig
 from falconlm.data.dedup.records import HEADER_SIZE, KEY_DOC, RecordReader, write_records
 from falconlm.data.dedup.stages import DedupConfig, run_dedup
@@ -217,19 +217,24 @@ def test_corrupted_intermediate_names_the_file(small_corpus, tmp_path, damage):
         RecordReader(victim, KEY_DOC).read_all()
 
 
-def test_bounded_merge_equals_full_sort(tmp_path):
+def _sorted_key_files(tmp_path, n_files: int, keys: int):
+    """Sorted KEY_DOC files with long runs of equal keys, and all their records sorted."""
     rng = np.random.default_rng(0)
     files, allrec = [], []
-    for f in range(5):
+    for f in range(n_files):
         rec = np.empty(3000, KEY_DOC)
-        rec["key"] = rng.integers(0, 40, 3000)  # long runs of equal keys span many chunks
+        rec["key"] = rng.integers(0, keys, 3000)  # long runs of equal keys span many chunks
         rec["doc"] = rng.integers(0, 10**6, 3000)
         rec = rec[np.lexsort((rec["doc"], rec["key"]))]
         write_records(tmp_path / f"{f}.bin", rec, sorted_=True)
         files.append(tmp_path / f"{f}.bin")
         allrec.append(rec)
     full = np.concatenate(allrec)
-    full = full[np.lexsort((full["doc"], full["key"]))]
+    return files, full[np.lexsort((full["doc"], full["key"]))]
+
+
+def test_bounded_merge_equals_full_sort(tmp_path):
+    files, full = _sorted_key_files(tmp_path, 5, 40)
     blocks = list(merge_groups(files, KEY_DOC, chunk_records=7))
     got = np.concatenate(blocks)
     assert np.array_equal(got, full)
@@ -237,6 +242,21 @@ def test_bounded_merge_equals_full_sort(tmp_path):
     for i in range(len(keys_per_block)):
         for j in range(i + 1, len(keys_per_block)):
             assert not keys_per_block[i] & keys_per_block[j]  # no key group split across blocks
+
+
+def test_merge_sorted_bounds_blocks_and_group_firsts_span_them(tmp_path):
+    files, full = _sorted_key_files(tmp_path, 4, 25)  # groups of ~480 rows: far longer than a block
+    blocks = list(merge_sorted(files, KEY_DOC, chunk_records=7))
+    assert np.array_equal(np.concatenate(blocks), full)
+    assert max(len(b) for b in blocks) <= 4 * 7
+    firsts = GroupFirsts()
+    got = [firsts(b["key"], b["doc"]) for b in blocks]
+    starts = np.concatenate([s for s, _ in got])
+    first_doc = np.concatenate([f for _, f in got])
+    expect_starts = np.concatenate([[True], full["key"][1:] != full["key"][:-1]])
+    assert np.array_equal(starts, expect_starts)
+    group_first = {int(k): int(d) for k, d in zip(full["key"][expect_starts], full["doc"][expect_starts])}
+    assert first_doc.tolist() == [group_first[int(k)] for k in full["key"]]
 
 
 def test_signature_spills_keep_output_identical(small_corpus, tmp_path):

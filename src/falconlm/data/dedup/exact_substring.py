@@ -47,8 +47,9 @@ class ExactSubstringConfig:
 
 
 # Bytes per token of a part in memory: the uint64 text, the int32 suffix array, the int32 LCP
-# array, kasai's int32 rank array and the coverage count, with headroom for numpy temporaries.
-BYTES_PER_TOKEN = 48
+# array, kasai's int32 rank array and the coverage count, with headroom for numpy temporaries
+# (measured: 58 bytes per token at the peak of the spans stage, benchmarks/bench_dedup.py --memory-scaling).
+BYTES_PER_TOKEN = 64
 
 
 def part_tokens_for(memory_bytes: int) -> int:

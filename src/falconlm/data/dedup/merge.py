@@ -27,6 +27,16 @@ class _Source:
         self.buf = np.concatenate([self.buf, nxt]) if len(self.buf) else nxt
 
 
+def _open_sorted(paths: Sequence[Path], dtype: np.dtype, chunk_records: int) -> list[_Source]:
+    """A source per file, each checked to be sorted and holding its first chunk."""
+    sources = [_Source(RecordReader(p, dtype), chunk_records) for p in paths]
+    for s in sources:
+        if not s.reader.sorted and len(s.reader):
+            raise s.reader.error("expected a sorted record file")
+        s.refill()
+    return sources
+
+
 def merge_groups(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 << 16) -> Iterator[np.ndarray]:
     """Merge sorted files by (first field, second field); yield sorted blocks in which every
     first-field value appears in exactly one block (so groups of equal keys are never split).
@@ -34,11 +44,7 @@ def merge_groups(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 
     Memory holds about `chunk_records` records per file (more only while one key spans chunks)."""
     key = dtype.names[0]
     second = dtype.names[1]
-    sources = [_Source(RecordReader(p, dtype), chunk_records) for p in paths]
-    for s in sources:
-        if not s.reader.sorted and len(s.reader):
-            raise s.reader.error("expected a sorted record file")
-        s.refill()
+    sources = _open_sorted(paths, dtype, chunk_records)
     while True:
         live = [s for s in sources if len(s.buf) or not s.done]
         if not live:
@@ -83,11 +89,7 @@ def merge_sorted(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 
     `GroupFirsts`), so memory holds at most about `chunk_records` records per file, always.
     Equal records from different files land in the same block."""
     k0, k1 = dtype.names[0], dtype.names[1]
-    sources = [_Source(RecordReader(p, dtype), chunk_records) for p in paths]
-    for s in sources:
-        if not s.reader.sorted and len(s.reader):
-            raise s.reader.error("expected a sorted record file")
-        s.refill()
+    sources = _open_sorted(paths, dtype, chunk_records)
     while True:
         for s in sources:
             if not len(s.buf) and not s.done:
