@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from falconlm.testing import run_torchrun
 from falconlm.train.loop import pretrain
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
@@ -22,20 +19,8 @@ WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 def dist_runs(sample_shards, tmp_path_factory) -> Path:
     """One torchrun launch (2 ranks) runs every distributed scenario, to pay the start-up once."""
     out = tmp_path_factory.mktemp("dist")
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(sample_shards), str(out), "ddp,fsdp,ddp-resume,fsdp-resume"]
-    if not torchrun.exists():
-        cmd = [sys.executable, "-m", "torch.distributed.run", *cmd[1:]]
-    # Own session, so a hung launch is killed with all its ranks, never left behind.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("torchrun did not finish in 150 s:\n" + output[-3000:])
-    assert proc.returncode == 0, output[-4000:]
+    rc, output = run_torchrun(WORKER, [sample_shards, out, "ddp,fsdp,ddp-resume,fsdp-resume"], timeout=150)
+    assert rc == 0, output[-4000:]
     return out
 
 

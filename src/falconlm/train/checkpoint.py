@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,12 @@ def save_checkpoint(
     env: DistEnv,
     keep_last: int,
     tokenizer_dir: str | os.PathLike | None = None,
+    write_model: Callable[[Path, dict[str, torch.Tensor]], None] | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically (all ranks call this), then keep only the newest keep_last."""
+    """Write a complete checkpoint atomically (all ranks call this), then keep only the newest keep_last.
+
+    write_model(directory, full_state_dict) replaces the HF model directory (LoRA writes only its adapter).
+    """
     root = Path(ckpt_dir)
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -118,7 +123,10 @@ def save_checkpoint(
     barrier(env)
     torch.save(rng_state(), tmp / f"rng-rank{env.rank}.pt")
     if env.is_main:
-        _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
+        if write_model is None:
+            _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
+        else:
+            write_model(tmp, model_sd)
         torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
     barrier(env)
     if env.is_main:

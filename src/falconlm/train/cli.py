@@ -40,17 +40,43 @@ FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
+# on/off flags: flag -> (TrainConfig field, the value the flag sets, help); None when not given.
+SWITCHES: list[tuple[str, str, bool, str]] = [
+    ("--resume", "resume", True, "continue from the newest checkpoint in OUT/checkpoints"),
+    ("--activation-checkpointing", "activation_checkpointing", True, "recompute block activations in backward"),
+    ("--compile", "compile", True, "torch.compile the model"),
+    ("--decay-embeddings", "decay_embeddings", True, "apply weight decay to the embedding matrix too"),
+    ("--no-progress", "progress_bar", False, "no progress bar"),
+    ("--no-tensorboard", "tensorboard", False, "do not write TensorBoard logs"),
+]
+
+
+def add_loop_arguments(parser, skip: tuple[str, ...] = (), defaults: dict[str, str] | None = None) -> list[str]:
+    """Add the loop's flags and switches (except `skip`) to a parser or group; returns the TrainConfig fields they set.
+
+    `defaults` (field -> text) replaces the "(default ...)" of a flag's help, for commands whose defaults differ.
+    """
+    import re
+
+    names = []
+    for flag, name, typ, help_text in FLAGS:
+        if flag in skip:
+            continue
+        if defaults and name in defaults:
+            help_text = re.sub(r"\s*\(default[^)]*\)", "", help_text) + f" (default: {defaults[name]})"
+        parser.add_argument(flag, type=typ, default=None, help=help_text)
+        names.append(name)
+    for flag, name, value, help_text in SWITCHES:
+        if flag not in skip:
+            parser.add_argument(flag, dest=name, action="store_true" if value else "store_false", default=None, help=help_text)
+            names.append(name)
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of pretrain; every TrainConfig field is reachable here or in the YAML file."""
     parser.add_argument("--config", help="YAML run file (see configs/); flags given here override it")
-    for flag, _field, typ, help_text in FLAGS:
-        parser.add_argument(flag, type=typ, default=None, help=help_text)
-    parser.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint in OUT/checkpoints")
-    parser.add_argument("--activation-checkpointing", action="store_true", default=None, help="recompute block activations in backward")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    parser.add_argument("--decay-embeddings", action="store_true", default=None, help="apply weight decay to the embedding matrix too")
-    parser.add_argument("--no-progress", dest="progress_bar", action="store_false", default=None, help="no progress bar")
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None, help="do not write TensorBoard logs")
+    add_loop_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from falconlm.train.config import TrainConfig
     from falconlm.train.loop import pretrain
 
-    names = [f for _, f, _, _ in FLAGS] + ["resume", "activation_checkpointing", "compile", "decay_embeddings", "progress_bar", "tensorboard"]
+    names = [f for _, f, _, _ in FLAGS] + [name for _, name, _, _ in SWITCHES]
     overrides = {name: getattr(args, name) for name in names}
     cfg = TrainConfig.from_sources(args.config, overrides)
     pretrain(cfg)

@@ -68,9 +68,9 @@ class TrainConfig:
     peak_flops: float | None = None  # per device, for MFU; None = measured with a matmul at start
     progress_bar: bool = True
 
-    def validate(self) -> None:
-        """Raise FalconError on values that cannot work."""
-        if not self.data:
+    def validate(self, require_data: bool = True) -> None:
+        """Raise FalconError on values that cannot work (require_data=False: batches come from elsewhere, e.g. fine-tuning)."""
+        if require_data and not self.data:
             raise FalconError("no training data: pass --data DIR (a directory written by `falconlm tokenize`)")
         if self.max_steps is None and self.max_tokens is None:
             raise FalconError("set a run length: --max-steps N or --max-tokens N")

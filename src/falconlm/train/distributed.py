@@ -144,6 +144,15 @@ def all_reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values
 
 
+def all_reduce_sum(value: int, env: DistEnv) -> int:
+    """Sum of an integer over ranks (itself for one process)."""
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return int(t.item())
+
+
 def barrier(env: DistEnv) -> None:
     """Wait for every rank."""
     if env.distributed:

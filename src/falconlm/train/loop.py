@@ -1,4 +1,8 @@
-"""The pretraining loop: one optimizer step = accumulate micro-batches, clip, AdamW; log, evaluate, checkpoint."""
+"""The training loop: one optimizer step = accumulate micro-batches, clip, AdamW; log, evaluate, checkpoint.
+
+Pretraining runs it on token-shard windows; fine-tuning (falconlm.finetune) passes a TrainTask whose
+batches carry labels with ignored positions (train/task.py).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,20 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from falconlm.errors import FalconError
 from falconlm.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from falconlm.train.distributed import DistEnv
+    from falconlm.train.task import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -63,30 +73,32 @@ def _model_config(cfg: TrainConfig, resume_from: Path | None):
     return base, weights
 
 
-def pretrain(cfg: TrainConfig) -> RunResult:
-    """Run (or resume) a pretraining run as configured; every rank of a torchrun job calls this."""
+def pretrain(cfg: TrainConfig, make_task: Callable[[TrainConfig, "DistEnv"], "TrainTask"] | None = None) -> RunResult:
+    """Run (or resume) a training run as configured; every rank of a torchrun job calls this.
+
+    make_task(cfg, env) gives the batches and model hooks (fine-tuning); None = pretraining on cfg.data.
+    """
     from falconlm.train.distributed import close_distributed, init_distributed
 
-    cfg.validate()
+    cfg.validate(require_data=make_task is None)
     env = init_distributed(cfg.device)
     try:
-        return _pretrain(cfg, env)
+        return _pretrain(cfg, env, make_task)
     finally:
         close_distributed(env)
 
 
-def _pretrain(cfg: TrainConfig, env) -> RunResult:
+def _pretrain(cfg: TrainConfig, env, make_task=None) -> RunResult:
     from tqdm import tqdm
 
     from falconlm.model.falcon import FalconForCausalLM, build_model
     from falconlm.train import checkpoint as ckpt
-    from falconlm.train.data import BatchSource, TokenWindows, heldout_windows
-    from falconlm.train.distributed import all_reduce_mean, enable_activation_checkpointing, grad_sync, resolve_strategy, wrap_model
-    from falconlm.train.loss import HiddenStatesModel, linear_cross_entropy, lm_loss
+    from falconlm.train.distributed import all_reduce_mean, all_reduce_sum, enable_activation_checkpointing, grad_sync, resolve_strategy, wrap_model
+    from falconlm.train.loss import IGNORE_INDEX, HiddenStatesModel, linear_cross_entropy, lm_loss
     from falconlm.train.metrics import MetricsLog, flops_per_token, format_duration, measure_peak_flops, plot_loss_curve
     from falconlm.train.optim import build_optimizer, set_lr
     from falconlm.train.schedule import Schedule
-    from falconlm.train.shards import ShardIndex
+    from falconlm.train.task import pretraining_task
 
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -101,16 +113,18 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
 
     strategy = resolve_strategy(cfg.strategy, env)
     precision = _precision(cfg, env.device)
-    index = ShardIndex.load(cfg.data)
-    mconfig, weights_dir = _model_config(cfg, resume_from)
-    if index.vocab_size > mconfig.vocab_size:
-        raise FalconError(f"the tokenizer of {cfg.data} has {index.vocab_size:,} ids but the model's vocab_size is {mconfig.vocab_size:,}")
+    task = (make_task or pretraining_task)(cfg, env)
+    mconfig, weights_dir = _model_config(cfg, resume_from if task.load_model is None else None)
+    if task.vocab_size > mconfig.vocab_size:
+        raise FalconError(f"{task.data_name} has {task.vocab_size:,} ids but the model's vocab_size is {mconfig.vocab_size:,}")
     if mconfig.alibi is False and cfg.seq_len > mconfig.max_position_embeddings and env.is_main:
         log.warning("seq_len %d exceeds max_position_embeddings %d", cfg.seq_len, mconfig.max_position_embeddings)
 
     # Model: identical initial weights on every rank (same seed), or the checkpoint's.
     param_dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
-    if weights_dir is not None:
+    if task.load_model is not None:
+        model = task.load_model(resume_from, param_dtype, env.device)
+    elif weights_dir is not None:
         model = FalconForCausalLM.from_pretrained(weights_dir, dtype=param_dtype, device=env.device)
     else:
         model = build_model(mconfig, dtype=param_dtype, device=env.device, seed=cfg.seed)
@@ -142,10 +156,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
         torch.manual_seed(cfg.seed + env.rank)
         np.random.seed((cfg.seed + env.rank) % 2**32)
 
-    train_windows = TokenWindows(cfg.data, "train", cfg.seq_len)
-    source = BatchSource(train_windows, cfg.sampling, cfg.seed, env.rank, env.world, cfg.micro_batch_size)
-    val = heldout_windows(cfg.data, cfg.seq_len, cfg.eval_batches * cfg.micro_batch_size)
-    tokenizer_dir = Path(cfg.data) / "tokenizer" if (Path(cfg.data) / "tokenizer" / "tokenizer.json").is_file() else None
+    source, val, tokenizer_dir = task.batches, task.heldout, task.tokenizer_dir
     if env.is_main:
         cfg.save(out / "run_config.yaml")
 
@@ -153,19 +164,22 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     autocast = (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
     head_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
 
-    def loss_of(batch: torch.Tensor, z_loss: float, training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total, cross-entropy) of one micro-batch of windows."""
+    def loss_of(batch, z_loss: float, training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, cross-entropy) of one micro-batch: windows, or (input_ids, labels) with ignored positions."""
+        inputs, targets, ignore = batch if task.labelled else (batch[:, :-1], batch[:, 1:], None)
         with autocast():
-            out = (train_forward if training else wrapped)(batch[:, :-1])
+            out = (train_forward if training else wrapped)(inputs)
         if head_weight is not None:
-            return linear_cross_entropy(out, head_weight, batch[:, 1:], z_loss, compute_dtype=head_dtype)
-        return lm_loss(out, batch[:, 1:], z_loss)
+            return linear_cross_entropy(out, head_weight, targets, z_loss, compute_dtype=head_dtype, ignore_index=ignore)
+        return lm_loss(out, targets, z_loss, ignore_index=ignore)
     fpt = flops_per_token(mconfig, cfg.seq_len)
     peak = cfg.peak_flops or measure_peak_flops(env.device, torch.bfloat16 if precision != "fp32" else torch.float32)
     metrics = MetricsLog(out, env.is_main, cfg.tensorboard, resume_step=step)
     result = RunResult(step=step, tokens=tokens)
 
-    def to_device(a: np.ndarray) -> torch.Tensor:
+    def to_device(a):
+        if task.labelled:  # (input_ids, labels) -> (input_ids, labels, ignore_index) tensors
+            return (*(torch.from_numpy(x).to(env.device, non_blocking=True) for x in a), IGNORE_INDEX)
         return torch.from_numpy(a).to(env.device, non_blocking=True)
 
     def evaluate() -> float | None:
@@ -173,6 +187,16 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             return None
         wrapped.eval()
         total = torch.zeros((), dtype=torch.float64, device=env.device)
+        if task.labelled:  # mean over the held-out tokens that carry a label
+            counted = 0
+            with torch.no_grad():
+                for i in range(0, len(val[0]), cfg.micro_batch_size):
+                    rows = (val[0][i : i + cfg.micro_batch_size], val[1][i : i + cfg.micro_batch_size])
+                    n = int((rows[1] != IGNORE_INDEX).sum())
+                    total += loss_of(to_device(rows), 0.0, training=False)[1].double() * n
+                    counted += n
+            wrapped.train()
+            return float(total / max(counted, 1))
         with torch.no_grad():
             for i in range(0, len(val), cfg.micro_batch_size):
                 batch = to_device(val[i : i + cfg.micro_batch_size])
@@ -183,13 +207,15 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
     if env.is_main:
         n_params = mconfig.num_parameters()
         ramp = f"{sched.start}->" if cfg.batch_rampup_tokens > 0 and sched.start < cfg.global_batch_size else ""
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trained = f" ({n_train / 1e6:.3f} M trained)" if n_train != n_params else ""
         print(
-            f"pretrain: {n_params / 1e6:.2f} M parameters ({mconfig.block_style}), {strategy} x {env.world} on {env.device.type}, "
+            f"{task.name}: {n_params / 1e6:.2f} M parameters{trained} ({mconfig.block_style}), {strategy} x {env.world} on {env.device.type}, "
             f"{precision}; {sched.total_steps:,} steps / {sched.total_tokens:,} tokens; seq_len {cfg.seq_len}, "
             f"global batch {ramp}{cfg.global_batch_size} seqs, micro {cfg.micro_batch_size}; "
-            f"{train_windows.tokens:,} train tokens; peak {peak / 1e9:.1f} GFLOP/s per device"
+            f"{task.description}; peak {peak / 1e9:.1f} GFLOP/s per device"
         )
-    bar = tqdm(total=sched.total_steps, initial=step, desc="pretrain", unit="step", disable=not (env.is_main and cfg.progress_bar), dynamic_ncols=True)
+    bar = tqdm(total=sched.total_steps, initial=step, desc=task.name, unit="step", disable=not (env.is_main and cfg.progress_bar), dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "tokens": 0, "losses": [], "norms": []}
     run_t0, run_tokens0 = time.perf_counter(), tokens
     last_ckpt = resume_from
@@ -200,17 +226,25 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             set_lr(optimizer, lr)
             micro = source.rank_micro_batches(plan.step, plan.samples_before, plan.batch)
             loss_sum = torch.zeros((), dtype=torch.float32, device=env.device)
+            # Labelled batches: each micro-batch's mean is weighted by its share of the step's labelled
+            # tokens over all ranks, so the step optimises the mean over every labelled token of the
+            # global batch (what one big batch would), whatever the micro-batch and world sizes.
+            weights = None
+            if task.labelled:
+                counts = [int((labels != IGNORE_INDEX).sum()) for _, labels in micro]
+                total_count = max(all_reduce_sum(sum(counts), env), 1)
+                weights = [c * env.world / total_count for c in counts]
             for m, arr in enumerate(micro):
                 batch = to_device(arr)
                 with grad_sync(wrapped, strategy, enabled=(m == len(micro) - 1)):
                     loss, _ce = loss_of(batch, cfg.z_loss)
-                    (loss / len(micro)).backward()
-                loss_sum += loss.detach()
+                    (loss / len(micro) if weights is None else loss * weights[m]).backward()
+                loss_sum += loss.detach() if weights is None else loss.detach() * weights[m]
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), max_norm)
             if hasattr(norm, "full_tensor"):
                 norm = norm.full_tensor()
-            step_loss = float(all_reduce_mean(loss_sum / len(micro), env))
+            step_loss = float(all_reduce_mean(loss_sum / len(micro) if weights is None else loss_sum, env))
             if not math.isfinite(step_loss):
                 where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
                 raise FalconError(f"the run diverged: loss is {step_loss} at step {plan.step}; {where} (lower --lr or raise warm-up, then --resume)")
@@ -266,7 +300,7 @@ def _pretrain(cfg: TrainConfig, env) -> RunResult:
             if (cfg.save_interval and step % cfg.save_interval == 0) or last:
                 trainer = {"step": step, "tokens": tokens, "samples": samples, "config": cfg.to_dict()}
                 t_save = time.perf_counter()
-                last_ckpt = ckpt.save_checkpoint(ckpt_dir, step, model, optimizer, mconfig, trainer, env, cfg.keep_last, tokenizer_dir)
+                last_ckpt = ckpt.save_checkpoint(ckpt_dir, step, model, optimizer, mconfig, trainer, env, cfg.keep_last, tokenizer_dir, task.write_model)
                 result.checkpoint = last_ckpt
                 window["t0"] += time.perf_counter() - t_save
     finally:
