@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("falconlm.train.tokenize_cli", "encode a corpus into packed token shards + index"),
     "pretrain": ("falconlm.train.cli", "pretrain a Falcon model (one process or torchrun DDP/FSDP2)"),
     "serve": ("falconlm.serve.cli", "serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)"),
+    "finetune": ("falconlm.finetune.cli", "supervised fine-tuning on chat/instruction JSONL, full weights or LoRA (also under torchrun)"),
+    "merge-lora": ("falconlm.finetune.merge", "fold a LoRA adapter into its base checkpoint (a plain HF Falcon directory)"),
 }
 
 
