@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("falconlm.serve.cli", "serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)"),
     "finetune": ("falconlm.finetune.cli", "supervised fine-tuning on chat/instruction JSONL, full weights or LoRA (also under torchrun)"),
     "merge-lora": ("falconlm.finetune.merge", "fold a LoRA adapter into its base checkpoint (a plain HF Falcon directory)"),
+    "chat": ("falconlm.generate.chat_cli", "interactive terminal chat with a checkpoint, streamed, multi-turn"),
 }
 
 

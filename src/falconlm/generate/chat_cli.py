@@ -1,0 +1,192 @@
+"""`falconlm chat CHECKPOINT_DIR [--system "..."]`: an interactive terminal chat, streamed token by token.
+
+The conversation is rendered with the checkpoint's chat template (the one `serve` and `finetune`
+use) on every turn. When the history no longer fits the context window next to --max-new-tokens,
+the oldest user/assistant turns are dropped (the system message stays) and the chat says so.
+Commands: /reset clears the history, /quit (or Ctrl-D) leaves; Ctrl-C during a reply stops that reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+HELP = "/reset clears the history, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
+
+
+def visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
+    """(the text that can be shown, whether a stop string ended it): cut before a stop string, holding back a partial one."""
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    if cut >= 0:
+        return text[:cut], True
+    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return text[: len(text) - hold], False
+
+
+@dataclass
+class ChatSession:
+    """A conversation with a model: the history, the context budget, and streamed replies."""
+
+    model: Any
+    tokenizer: Any
+    template: Any
+    generation: Any  # GenerationConfig
+    system: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def budget(self) -> int:
+        """Prompt tokens that fit next to max_new_tokens in the model's context."""
+        return self.model.config.max_position_embeddings - self.generation.max_new_tokens
+
+    def reset(self) -> None:
+        """Forget every turn (the system message stays)."""
+        self.history.clear()
+
+    def prompt_ids(self, user: str) -> tuple[list[int], int]:
+        """Token ids of the prompt for a new user message, and how many old turns were dropped to fit it."""
+        from falconlm.errors import FalconError
+
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        dropped = 0
+        while True:
+            messages = system + self.history + [{"role": "user", "content": user}]
+            ids = self.tokenizer.encode(self.template.render(messages, add_generation_prompt=True))
+            if len(ids) <= self.budget:
+                return ids, dropped
+            if not self.history:
+                raise FalconError(
+                    f"this message needs {len(ids)} prompt tokens, but the context of {self.model.config.max_position_embeddings} "
+                    f"leaves {self.budget} next to --max-new-tokens {self.generation.max_new_tokens}"
+                )
+            # Drop the oldest turn: a user message and the answer after it.
+            del self.history[: 2 if len(self.history) > 1 and self.history[1]["role"] == "assistant" else 1]
+            dropped += 1
+
+    def reply(self, user: str, write: Callable[[str], None], ids: list[int] | None = None) -> tuple[str, bool]:
+        """Stream the answer to `user` through write() and add the turn to the history; returns (answer, interrupted).
+
+        `ids` is the prompt from prompt_ids(user) when the caller already made it. Ctrl-C stops the reply.
+        """
+        import torch
+
+        from falconlm.generate.generate import stream_generate
+
+        if ids is None:
+            ids, _ = self.prompt_ids(user)
+        stops = self.generation.stop_strings
+        eos = set(self.generation.eos_ids or [])
+        tokens: list[int] = []
+        shown = ""
+        interrupted = False
+        stream = stream_generate(self.model, torch.tensor([ids]), config=self.generation, decode=self.tokenizer.decode)
+        try:
+            for step in stream:
+                token = int(step[0])
+                if token in eos:
+                    break
+                tokens.append(token)
+                text, stopped = visible_text(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)
+                if not text.endswith("\ufffd") and text.startswith(shown):  # wait for the rest of a multi-byte character
+                    write(text[len(shown) :])
+                    shown = text
+                if stopped:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            stream.close()
+        if not interrupted:  # the reply is complete: show what was held back as a possible stop string
+            full = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            text, stopped = visible_text(full, stops)
+            text = (text if stopped else full).rstrip()
+            if text.startswith(shown) and len(text) > len(shown):
+                write(text[len(shown) :])
+            shown = text
+        answer = shown.strip()
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return answer, interrupted
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the chat options."""
+    parser.add_argument("checkpoint", help="checkpoint directory (config.json, safetensors, tokenizer.json, optional chat template)")
+    parser.add_argument("--system", default=None, help="system message kept at the top of the conversation")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="most tokens per reply (default 256, at most half the context)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy; default 0.7")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: random)")
+    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint and talk until /quit or end of input."""
+    from falconlm.errors import FalconError
+    from falconlm.generate.chat_template import load_chat_template
+    from falconlm.generate.sampling import GenerationConfig
+    from falconlm.model.falcon import FalconForCausalLM
+    from falconlm.tokenizer.falcon import FalconTokenizer
+
+    try:
+        import readline  # noqa: F401  line editing and history for input()
+    except ImportError:
+        pass
+    model = FalconForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
+    tokenizer = FalconTokenizer.load(args.checkpoint)
+    template = load_chat_template(args.checkpoint)
+    sample = args.temperature > 0
+    context = model.config.max_position_embeddings
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, context // 2)
+    generation = GenerationConfig(
+        max_new_tokens=max_new, do_sample=sample, temperature=args.temperature if sample else 1.0, top_k=args.top_k,
+        top_p=args.top_p if sample else None, repetition_penalty=args.repetition_penalty, stop_strings=list(template.stop_strings),
+        seed=args.seed, eos_token_id=model.config.eos_token_id,
+    )
+    generation.validate()
+    session = ChatSession(model, tokenizer, template, generation, system=args.system)
+    if session.budget < 1:
+        raise FalconError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {context} tokens")
+    print(f"falconlm chat: {args.checkpoint} ({model.num_parameters() / 1e6:.1f} M parameters, context {context} tokens, "
+          f"template {template.origin}). {HELP}.", flush=True)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    while True:
+        try:
+            line = input("\nUser: ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print(f"\n({HELP})")
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command = text.split()[0].lower()
+            if command in ("/quit", "/exit"):
+                return 0
+            if command == "/reset":
+                session.reset()
+                print("(history cleared" + (", system message kept)" if args.system else ")"))
+            else:
+                print(f"(unknown command {command}; {HELP})")
+            continue
+        try:
+            ids, dropped = session.prompt_ids(text)
+        except FalconError as exc:
+            print(f"(error: {exc})")
+            continue
+        if dropped:
+            print(f"(dropped the {dropped} oldest turn(s) to fit the context window of {context} tokens)")
+        write("Assistant:")
+        _answer, interrupted = session.reply(text, write, ids)
+        print(" [stopped]" if interrupted else "")
