@@ -82,11 +82,16 @@ class TokenTask:
                 report_progress(docs=len(texts))
                 texts.clear()
 
+            # A batch's tokens with their offsets take about 32 bytes per character of text.
+            max_chars = max(1 << 16, self.res.memory_bytes // 32)
+            chars = 0
             for doc in iter_shard(self.path, self.res):
                 texts.append(doc.text)
                 n += 1
-                if len(texts) >= BATCH:
+                chars += len(doc.text)
+                if len(texts) >= BATCH or chars >= max_chars:
                     flush()
+                    chars = 0
             if texts:
                 flush()
         report_progress(nbytes=self.size_bytes)
