@@ -21,6 +21,8 @@ benchmarks/bench_refine.py.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import re
 from itertools import chain
 
@@ -299,14 +301,20 @@ def split_words(text: str) -> list[str]:
     return list(chain.from_iterable(map(_CACHE.__getitem__, text.split())))
 
 
-_last_text: str | None = None
-_last_words: list[str] = []
+# Recent texts' words, by object identity (the text is held so its id stays unique). Steps run on
+# batches of documents (PipelineStep.batch_size), so the repetition and quality filters see the
+# same text a batch apart: the cache holds a few batches.
+_RECENT: OrderedDict[int, tuple[str, list[str]]] = OrderedDict()
+_RECENT_MAX = 512
 
 
 def words_of(text: str) -> list[str]:
-    """`split_words` with a one-entry cache: consecutive filters on the same text share the work."""
-    global _last_text, _last_words
-    if text is not _last_text:
-        _last_words = split_words(text)
-        _last_text = text
-    return _last_words
+    """`split_words` with a small cache: filters that follow one another on the same text share the work."""
+    hit = _RECENT.get(id(text))
+    if hit is not None and hit[0] is text:
+        return hit[1]
+    words = split_words(text)
+    _RECENT[id(text)] = (text, words)
+    if len(_RECENT) > _RECENT_MAX:
+        _RECENT.popitem(last=False)
+    return words
