@@ -37,6 +37,16 @@ def _open_sorted(paths: Sequence[Path], dtype: np.dtype, chunk_records: int) -> 
     return sources
 
 
+def _take(sources: list[_Source], counts: list[int]) -> np.ndarray:
+    """Remove the first counts[i] buffered records of each source; return them together (unsorted)."""
+    parts = []
+    for s, t in zip(sources, counts):
+        if t:
+            parts.append(s.buf[:t])
+            s.buf = s.buf[t:]
+    return np.concatenate(parts)
+
+
 def merge_groups(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 << 16) -> Iterator[np.ndarray]:
     """Merge sorted files by (first field, second field); yield sorted blocks in which every
     first-field value appears in exactly one block (so groups of equal keys are never split).
@@ -65,14 +75,8 @@ def merge_groups(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 
                 if len(s.buf) and s.buf[key][-1] == bound:
                     s.refill()
             continue
-        parts = []
-        for s, t in zip(live, take):
-            if t:
-                parts.append(s.buf[:t])
-                s.buf = s.buf[t:]
-        block = np.concatenate(parts)
-        order = np.lexsort((block[second], block[key]))
-        yield block[order]
+        block = _take(live, take)
+        yield block[np.lexsort((block[second], block[key]))]
 
 
 def _take_upto(buf: np.ndarray, k0: str, k1: str, bound: tuple) -> int:
@@ -105,12 +109,7 @@ def merge_sorted(paths: Sequence[Path], dtype: np.dtype, chunk_records: int = 1 
             take = [_take_upto(s.buf, k0, k1, bound) for s in live]
         else:
             take = [len(s.buf) for s in live]
-        parts = []
-        for s, t in zip(live, take):
-            if t:
-                parts.append(s.buf[:t])
-                s.buf = s.buf[t:]
-        block = np.concatenate(parts)
+        block = _take(live, take)
         yield block[np.lexsort((block[k1], block[k0]))]
 
 
