@@ -7,14 +7,16 @@ Real pages (nobody on the team wrote them; their licences allow redistribution):
   maint-guide, maint-guide-de, -fr, -es  (GPL-2.0-or-later)
                 the Debian New Maintainers' Guide, English and three translations; paragraphs of
                 the English guide are also reused as the prose of the generated pages
+  debian-faq    (verbatim copies permitted with its notice, kept in sample.json)
+                one chapter of the Debian FAQ, as a changed page at an already-seen URL
 
 Usage (the .deb files come from any Debian mirror; `apt-get download` fetches them):
-    apt-get download apache2-doc maint-guide maint-guide-de maint-guide-fr maint-guide-es
+    apt-get download apache2-doc maint-guide maint-guide-de maint-guide-fr maint-guide-es debian-faq
     for f in *.deb; do dpkg -x "$f" debroot; done
     python scripts/build_sample.py --root debroot --out src/falconlm/assets/sample
 
 Writes sample.warc.gz and sample.json (the truth: each record's URL, kind and, for generated bad
-pages, the step and reason that must drop it).
+pages and planted duplicates, the step and reason that must drop it).
 """
 
 from __future__ import annotations
@@ -177,6 +179,28 @@ def generated_pages(prose: list[str], rng: random.Random) -> list[dict]:
     return pages
 
 
+def planted_duplicates(root: Path) -> list[dict]:
+    """Copies of real pages that the dedup stages must remove (the originals come first and stay)."""
+    def real(page: str) -> bytes:
+        return (root / AP.format(lang="en", page=page)).read_bytes()
+
+    env = real("env")
+    # the same page on a mirror: an exact copy, a MinHash cluster of Jaccard 1.0
+    exact = {"url": "http://mirror.example.net/httpd/docs/2.4/env.html", "html": env,
+             "step": "minhash", "reason": "minhash_duplicate", "kind": "planted_duplicate", "original": "https://httpd.apache.org/docs/2.4/env.html"}
+    # a near copy: another title, and the last of its paragraphs gone (word 5-gram Jaccard ~0.95)
+    logs = real("logs").replace(b"<title>", b"<title>Mirror: ", 1)
+    cut = logs.rfind(b"<p>")
+    near = {"url": "https://docs-mirror.example.org/apache/2.4/logs.html", "html": logs[:cut] + logs[logs.find(b"</p>", cut) + 4:],
+            "step": "minhash", "reason": "minhash_duplicate", "kind": "planted_duplicate", "original": "https://httpd.apache.org/docs/2.4/logs.html"}
+    # a re-crawl of a URL already seen (scheme, tracking parameter and fragment differ) whose page
+    # has since changed completely: only URL dedup removes it
+    faq = (root / "usr/share/doc/debian/FAQ/basic-defs.en.html").read_bytes()
+    recrawl = {"url": "http://httpd.apache.org/docs/2.4/dso.html?utm_source=newsletter#top", "html": faq,
+               "step": "url_dedup", "reason": "url_duplicate", "kind": "planted_duplicate", "original": "https://httpd.apache.org/docs/2.4/dso.html"}
+    return [exact, near, recrawl]
+
+
 WORDS = (
     "apple river mountain violet copper lantern harbor meadow pencil garden quartz falcon willow thunder "
     "marble saddle canyon pepper velvet orchard ribbon glacier compass ember nectar prairie walnut cobalt "
@@ -211,6 +235,9 @@ def build(root: Path, out: Path) -> dict:
         enc = p.get("encoding", "utf-8")
         records.append(response_record(p["url"], p["html"].encode(enc), p.get("content_type", "text/html; charset=utf-8")))
         manifest.append({k: v for k, v in p.items() if k not in ("html",)})
+    for p in planted_duplicates(root):
+        records.append(response_record(p["url"], p["html"]))
+        manifest.append({k: v for k, v in p.items() if k != "html"})
     # records that must be skipped by the reader
     records.append(response_record("http://www.example.org/logo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(64)), "image/png"))
     manifest.append({"url": "http://www.example.org/logo.png", "kind": "not_html", "step": "read", "reason": "not_html"})
@@ -235,6 +262,11 @@ def build(root: Path, out: Path) -> dict:
             "apache2-doc (Apache HTTP Server 2.4 manual, httpd.apache.org)": "Apache-2.0",
             "maint-guide, maint-guide-de/-fr/-es (Debian New Maintainers' Guide, Josip Rodin, Osamu Aoki "
             "et al.; its English paragraphs are reused in the generated pages)": "GPL-2.0-or-later",
+            "debian-faq (The Debian GNU/Linux FAQ, chapter basic-defs, served as the planted URL re-crawl)": (
+                "Copyright (C) 1996-2003 Software in the Public Interest. Permission is granted to make and "
+                "distribute verbatim copies of this document provided the copyright notice and this permission "
+                "notice are preserved on all copies."
+            ),
             "generated pages (scripts/build_sample.py)": "Apache-2.0, as falconlm",
         },
         "records": manifest,

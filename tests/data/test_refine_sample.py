@@ -92,3 +92,20 @@ def test_report_is_written(sample_run):
     assert (out / "funnel.png").stat().st_size > 5000
     assert "funnel.png" in html and "too_many_removed_lines" in html and "gopher_short_doc" in html
     assert "Examples of dropped documents" in html
+
+
+def test_full_recipe_removes_the_planted_duplicates(tmp_path):
+    cfg = replace(RefineConfig(keep_dropped=True), extract=ExtractConfig(extractor="resiliparse"))
+    run_refine([sample_path()], tmp_path, recipe="refinedweb", config=cfg, exec_config=ExecConfig(progress=False))
+    truth = json.loads((sample_path().parent / "sample.json").read_text())["records"]
+    planted = [r for r in truth if r["kind"] == "planted_duplicate"]
+    assert {r["step"] for r in planted} == {"minhash", "url_dedup"}
+    kept = {d["url"] for d in read_shards(tmp_path / "data")}
+    filtered_out = {d["url"] for d in read_shards(tmp_path / "dropped" / "filter")}
+    steps = {s["name"]: s for s in json.loads((tmp_path / "stats.json").read_text())["steps"]}
+    for r in planted:
+        assert r["url"] not in filtered_out, f"{r['url']} should reach dedup"
+        assert r["url"] not in kept and r["original"] in kept, r["url"]
+    for stage in ("minhash", "url_dedup"):
+        expected = [r for r in planted if r["step"] == stage]
+        assert steps[stage]["dropped"] == {expected[0]["reason"]: len(expected)}, stage
