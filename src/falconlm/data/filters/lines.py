@@ -123,8 +123,8 @@ def _letter_counts(line: str) -> tuple[int, int]:
     if line.isascii():
         n = len(line)
         return n - len(line.translate(_ASCII_LETTERS)), n - len(line.translate(_ASCII_UPPER))
-    letters = [ch for ch in line if ch.isalpha()]
-    return len(letters), sum(1 for ch in letters if ch.isupper())
+    letters = "".join(filter(str.isalpha, line))
+    return len(letters), sum(map(str.isupper, letters))
 
 
 def line_removal_reason(line: str, words: list[str], config: LineConfig) -> str | None:
