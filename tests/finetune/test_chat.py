@@ -52,6 +52,23 @@ def test_history_is_kept_within_the_context_window(full_run):
         s.prompt_ids("word " * 100)
 
 
+def test_reusing_the_cache_between_turns_gives_the_same_replies_with_less_prefill(full_run):
+    turns = [H.TWO_TURNS[0][0], H.TWO_TURNS[1][0], H.FACTS[2][0]]
+    fresh = session(full_run / "model", system=H.SYSTEM, reuse_cache=False)
+    reused = session(full_run / "model", system=H.SYSTEM)
+    for k, q in enumerate(turns):
+        ids, _ = reused.prompt_ids(q)
+        assert reused.reply(q, lambda _: None) == fresh.reply(q, lambda _: None)
+        assert fresh.prefilled == len(ids)
+        if k:  # the earlier turns' keys and values came from the cache: only the new turn was computed
+            assert reused.prefilled < len(ids) // 2, (reused.prefilled, len(ids))
+    reused.reset()
+    fresh.reset()
+    ids, _ = reused.prompt_ids(turns[1])
+    assert reused.reply(turns[1], lambda _: None) == fresh.reply(turns[1], lambda _: None)
+    assert reused.prefilled < len(ids)  # after /reset the system message's keys and values still serve
+
+
 def test_ctrl_c_stops_a_reply_and_keeps_what_was_shown(full_run):
     s = session(full_run / "model")
     shown = []

@@ -127,3 +127,24 @@ def test_stream_yields_the_same_tokens_as_generate():
     ids = _prompts(config, 2, 4)
     streamed = torch.stack(list(stream_generate(ours, ids, max_new_tokens=9, eos_token_id=[])), dim=1)
     assert torch.equal(streamed, generate(ours, ids, max_new_tokens=9, eos_token_id=[])[:, 4:])
+
+
+@pytest.mark.parametrize("preset", ["tiny-7b", "tiny-rw"])
+def test_reused_cache_prefills_only_the_new_tokens_and_generates_the_same(preset):
+    config = FalconConfig.from_preset(preset)
+    model, _ = make_pair(config)
+    prompt = _prompts(config, 1, 20)
+    expected = generate(model, prompt, max_new_tokens=8, eos_token_id=[])
+    cache = model.new_cache(1, 64)
+    first = list(stream_generate(model, prompt[:, :12], cache=cache, max_new_tokens=1, eos_token_id=[]))
+    assert len(first) == 1 and cache.length == 12  # the yielded token was never fed
+    out = generate(model, prompt, cache=cache, max_new_tokens=8, eos_token_id=[])
+    assert torch.equal(out, expected)
+    assert cache.length == 20 + 7
+    # a cache holding the whole prompt still recomputes its last token (for the next-token logits)
+    cache.length = 20
+    assert torch.equal(generate(model, prompt, cache=cache, max_new_tokens=8, eos_token_id=[]), expected)
+    with pytest.raises(FalconError, match="one unpadded row"):
+        generate(model, prompt.repeat(2, 1), cache=cache, max_new_tokens=2)
+    with pytest.raises(FalconError, match="exceed the cache"):
+        generate(model, prompt, cache=model.new_cache(1, 24), max_new_tokens=8)

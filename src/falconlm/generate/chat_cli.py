@@ -36,6 +36,10 @@ class ChatSession:
     generation: Any  # GenerationConfig
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
+    reuse_cache: bool = True  # keep the conversation's keys and values between turns
+    prefilled: int = 0  # prompt tokens the last reply computed (the rest came from the cache)
+    _cache: Any = None
+    _cached_ids: list[int] = field(default_factory=list)  # the tokens whose keys and values the cache holds
 
     @property
     def budget(self) -> int:
@@ -44,7 +48,21 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget every turn (the system message stays)."""
-        self.history.clear()
+        self.history.clear()  # the cache stays: its prefix (the system message) still matches
+
+    def _reusable_cache(self, ids: list[int]) -> Any:
+        """The session's cache, trimmed to the longest prefix it shares with `ids` (None: no reuse)."""
+        if not self.reuse_cache:
+            return None
+        if self._cache is None:
+            self._cache = self.model.new_cache(1, self.model.config.max_position_embeddings)
+        common = 0
+        for a, b in zip(ids, self._cached_ids):
+            if a != b:
+                break
+            common += 1
+        self._cache.length = common
+        return self._cache
 
     def prompt_ids(self, user: str) -> tuple[list[int], int]:
         """Token ids of the prompt for a new user message, and how many old turns were dropped to fit it."""
@@ -82,10 +100,15 @@ class ChatSession:
         tokens: list[int] = []
         shown = ""
         interrupted = False
-        stream = stream_generate(self.model, torch.tensor([ids]), config=self.generation, decode=self.tokenizer.decode)
+        cache = self._reusable_cache(ids)
+        self._cached_ids = []  # until this reply ends cleanly, the cache's content is unknown
+        self.prefilled = len(ids) - min(cache.length, len(ids) - 1) if cache is not None else len(ids)
+        received: list[int] = []
+        stream = stream_generate(self.model, torch.tensor([ids]), config=self.generation, decode=self.tokenizer.decode, cache=cache)
         try:
             for step in stream:
                 token = int(step[0])
+                received.append(token)
                 if token in eos:
                     break
                 tokens.append(token)
@@ -99,6 +122,8 @@ class ChatSession:
             interrupted = True
         finally:
             stream.close()
+        if cache is not None and not interrupted and cache.length == len(ids) + len(received) - 1:
+            self._cached_ids = ids + received[:-1]  # every received token but the last was fed back
         if not interrupted:  # the reply is complete: show what was held back as a possible stop string
             full = self.tokenizer.decode(tokens, skip_special_tokens=True)
             text, stopped = visible_text(full, stops)

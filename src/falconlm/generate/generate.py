@@ -12,6 +12,7 @@ from falconlm.errors import FalconError
 from falconlm.generate.head_screen import screen_for
 from falconlm.generate.sampling import GenerationConfig, next_tokens
 from falconlm.model.falcon import FalconForCausalLM
+from falconlm.model.kv_cache import KVCache
 from falconlm.model.linear import linear
 
 Decode = Callable[[list[int]], str]
@@ -37,12 +38,16 @@ def stream_generate(
     attention_mask: torch.Tensor | None = None,
     config: GenerationConfig | None = None,
     decode: Decode | None = None,
+    cache: KVCache | None = None,
     **overrides: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), step by step; finished rows yield the pad id.
 
     Prompts of different lengths are left-padded with attention_mask marking real tokens.
-    `decode` (token ids -> text) is needed only for stop strings.
+    `decode` (token ids -> text) is needed only for stop strings. `cache`, for one unpadded row,
+    holds the keys and values of the prompt's first `cache.length` tokens already (a chat's
+    previous turns): only the rest is prefilled, and the cache goes on filling with the new tokens
+    (each yielded token but the last is in it when the generator stops).
     """
     cfg = _resolve(model, config, overrides)
     if input_ids.dim() == 1:
@@ -78,9 +83,18 @@ def stream_generate(
         return next_tokens(linear(hidden, model.lm_head.weight), seen, cfg, generator)
 
     with torch.inference_mode():
-        cache = model.new_cache(b, t + cfg.max_new_tokens)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-        hidden = model.hidden_states(input_ids, attention_mask=mask if attention_mask is not None else None, position_ids=positions, cache=cache)[:, -1]
+        if cache is None:
+            cache = model.new_cache(b, t + cfg.max_new_tokens)
+            hidden = model.hidden_states(input_ids, attention_mask=mask if attention_mask is not None else None, position_ids=positions, cache=cache)[:, -1]
+        else:
+            if b != 1 or attention_mask is not None:
+                raise FalconError("a reused cache serves one unpadded row")
+            if t + cfg.max_new_tokens > cache.max_length:
+                raise FalconError(f"prompt ({t}) + max_new_tokens ({cfg.max_new_tokens}) exceed the cache's {cache.max_length} slots")
+            cache.length = min(cache.length, t - 1)  # at least the last prompt token is fed, for its logits
+            done = cache.length
+            hidden = model.hidden_states(input_ids[:, done:], position_ids=positions[:, done:], cache=cache)[:, -1]
         next_pos = positions[:, -1:] + 1
         for step in range(cfg.max_new_tokens):
             new = pick(hidden, tokens[:, : t + step])
