@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,3 +134,52 @@ def stats_dict(stats: StepStats, **extra: Any) -> dict[str, Any]:
     d = stats.to_dict()
     d.update(extra)
     return d
+
+
+def copy_without_removed(
+    stage: str,
+    shard: int,
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    removals: Path,
+    res: Resources,
+    log: "RemovedLog",
+    on_removed: Callable[[Document, int], str],
+    on_document: Callable[[int, Document], None] | None = None,
+    expected_docs: int = -1,
+    counted_by: str = "",
+) -> StepStats:
+    """Copy a shard to `out` without the documents its removal list names; count what went where.
+
+    `removals` is a sorted PAIR file (global document id, a value handed to on_removed, which logs
+    the document and returns the drop reason); it is read alongside the shard a chunk at a time,
+    so memory does not grow with the number of removals. on_document sees every document first.
+    A shard that no longer holds the `expected_docs` the stage `counted_by` read is refused before
+    anything is written."""
+    from falconlm.data.dedup.records import PAIR, RecordReader
+    from falconlm.data.writers import ShardWriter
+
+    def rows() -> Iterator[tuple[int, int]]:
+        for block in RecordReader(removals, PAIR).chunks(max(1024, res.memory_bytes // (8 * PAIR.itemsize))):
+            yield from zip(block["a"].tolist(), block["b"].tolist())
+
+    pending = rows()
+    nxt = next(pending, None)
+    st = StepStats(stage)
+    with ShardWriter(out, res.output_format) as w:
+        for i, doc in enumerate(iter_shard(path, res)):
+            st.docs_in += 1
+            st.chars_in += len(doc.text)
+            gid = global_id(shard, i)
+            if on_document is not None:
+                on_document(gid, doc)
+            if nxt is not None and nxt[0] == gid:
+                st.dropped[on_removed(doc, nxt[1])] += 1
+                nxt = next(pending, None)
+                continue
+            st.docs_out += 1
+            st.chars_out += len(doc.text)
+            w.write(doc)
+        check_unchanged(path, st.docs_in, expected_docs, counted_by)
+    log.close()
+    return st

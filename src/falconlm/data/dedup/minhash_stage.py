@@ -27,7 +27,7 @@ from falconlm.data.dedup.common import (
     global_id,
     iter_shard,
     output_path,
-    check_unchanged,
+    copy_without_removed,
     removed_dir,
     size_of,
     split_id,
@@ -36,7 +36,7 @@ from falconlm.data.dedup.common import (
 )
 from falconlm.data.dedup.merge import GroupFirsts, merge_sorted
 from falconlm.data.dedup.minhash import MinHashConfig, MinHasher, s_curve_table
-from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordReader, ShardRemovalWriter, write_records
+from falconlm.data.dedup.records import KEY_DOC, PAIR, ShardRemovalWriter, write_records
 from falconlm.data.dedup.shingles import shingles_batch
 from falconlm.data.dedup.components import star_components
 from falconlm.data.executor import Stage, report_progress, run_stage
@@ -240,41 +240,23 @@ class FilterTask:
     expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
-        from falconlm.data.writers import ShardWriter
-
-        # The removal list is sorted by document: read it alongside the shard, a chunk at a time.
-        removals = _sorted_rows(Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin", self.res.memory_bytes // (8 * PAIR.itemsize))
-        nxt = next(removals, None)
         wanted = {int(x) for x in self.example_docs}
-        st = StepStats("minhash")
-        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
         examples = []
-        with ShardWriter(self.out, self.res.output_format) as w:
-            for i, doc in enumerate(iter_shard(self.path, self.res)):
-                st.docs_in += 1
-                st.chars_in += len(doc.text)
-                gid = global_id(self.shard, i)
-                if gid in wanted:
-                    examples.append({"doc": gid, "id": doc.id, "url": doc.url, "text": doc.text[:300]})
-                if nxt is not None and nxt[0] == gid:
-                    root = nxt[1]
-                    nxt = next(removals, None)
-                    st.dropped["minhash_duplicate"] += 1
-                    log.add({"id": doc.id, "stage": "minhash", "cluster": root, "kept": _ref(root)})
-                    continue
-                st.docs_out += 1
-                st.chars_out += len(doc.text)
-                w.write(doc)
-            check_unchanged(self.path, st.docs_in, self.expected_docs, "minhash-signatures")
-        log.close()
+        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+
+        def seen(gid: int, doc) -> None:
+            if gid in wanted:
+                examples.append({"doc": gid, "id": doc.id, "url": doc.url, "text": doc.text[:300]})
+
+        def removed(doc, root: int) -> str:
+            log.add({"id": doc.id, "stage": "minhash", "cluster": root, "kept": _ref(root)})
+            return "minhash_duplicate"
+
+        removals = Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin"
+        st = copy_without_removed("minhash", self.shard, self.path, self.out, removals, self.res, log, removed, seen,
+                                  expected_docs=self.expected_docs, counted_by="minhash-signatures")
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
-
-
-def _sorted_rows(path: Path, chunk: int):
-    """(a, b) of each record of a sorted PAIR file, as Python ints, read in chunks."""
-    for block in RecordReader(path, PAIR).chunks(max(1024, chunk)):
-        yield from zip(block["a"].tolist(), block["b"].tolist())
 
 
 def _ref(gid: int) -> str:

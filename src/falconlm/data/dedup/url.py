@@ -24,16 +24,15 @@ from falconlm.data.dedup.common import (
     global_id,
     iter_shard,
     output_path,
-    check_unchanged,
+    copy_without_removed,
     removed_dir,
     size_of,
-    split_id,
     stats_dict,
     work_dir,
 )
 from falconlm.data.dedup.merge import merge_groups
 from falconlm.data.dedup.external_sort import ExternalSorter
-from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, ShardRemovalWriter, read_records, write_records
+from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, ShardRemovalWriter, write_records
 from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
 from falconlm.data.step import StepStats
 
@@ -185,28 +184,19 @@ class UrlFilterTask:
     expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
-        from falconlm.data.writers import ShardWriter
-
-        rem = read_records(Path(self.work) / "remove" / f"s{self.shard:05d}.bin", PAIR)
-        reason = {split_id(int(a))[1]: ("url_seen_in_earlier_run" if int(b) else "url_duplicate") for a, b in zip(rem["a"], rem["b"])}
-        st = StepStats("url_dedup")
-        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
         examples = []
-        with ShardWriter(self.out, self.res.output_format) as w:
-            for i, doc in enumerate(iter_shard(self.path, self.res)):
-                st.docs_in += 1
-                st.chars_in += len(doc.text)
-                if i in reason:
-                    st.dropped[reason[i]] += 1
-                    log.add({"id": doc.id, "stage": "url_dedup", "reason": reason[i], "url": doc.url})
-                    if len(examples) < self.res.examples:
-                        examples.append({"id": doc.id, "url": doc.url, "reason": reason[i], "text": doc.text[:300]})
-                    continue
-                st.docs_out += 1
-                st.chars_out += len(doc.text)
-                w.write(doc)
-            check_unchanged(self.path, st.docs_in, self.expected_docs, "url-keys")
-        log.close()
+        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+
+        def removed(doc, earlier_run: int) -> str:
+            reason = "url_seen_in_earlier_run" if earlier_run else "url_duplicate"
+            log.add({"id": doc.id, "stage": "url_dedup", "reason": reason, "url": doc.url})
+            if len(examples) < self.res.examples:
+                examples.append({"id": doc.id, "url": doc.url, "reason": reason, "text": doc.text[:300]})
+            return reason
+
+        removals = Path(self.work) / "remove" / f"s{self.shard:05d}.bin"
+        st = copy_without_removed("url_dedup", self.shard, self.path, self.out, removals, self.res, log, removed,
+                                  expected_docs=self.expected_docs, counted_by="url-keys")
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
 
