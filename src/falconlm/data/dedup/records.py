@@ -187,12 +187,11 @@ class ShardRemovalWriter:
 
     def __call__(self, rows: np.ndarray) -> None:
         shard_of = (rows["a"] >> np.uint64(32)).astype(np.int64)
-        bounds = np.searchsorted(shard_of, np.arange(self.n_shards + 1))
-        for s in range(self.shard, self.n_shards):
-            lo, hi = bounds[s], bounds[s + 1]
-            if hi > lo:
-                self._advance_to(s)
-                self.writer.write(rows[lo:hi])
+        present, starts = np.unique(shard_of, return_index=True)  # rows come sorted by shard
+        ends = np.append(starts[1:], len(rows))
+        for s, lo, hi in zip(present.tolist(), starts.tolist(), ends.tolist()):
+            self._advance_to(s)
+            self.writer.write(rows[lo:hi])
 
     def close(self) -> None:
         """Write the remaining (possibly empty) files."""
