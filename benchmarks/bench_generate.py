@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from falconlm.generate.generate import generate
+from falconlm.decoding.generate import generate
 from falconlm.model.config import FalconConfig
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.hf_interop import to_transformers

@@ -15,9 +15,9 @@ _LAZY = {
     "FalconConfig": "falconlm.model.config",
     "FalconForCausalLM": "falconlm.model.falcon",
     "KVCache": "falconlm.model.kv_cache",
-    "generate": "falconlm.generate.generate",
-    "stream_generate": "falconlm.generate.generate",
-    "GenerationConfig": "falconlm.generate.sampling",
+    "generate": "falconlm.decoding.generate",
+    "stream_generate": "falconlm.decoding.generate",
+    "GenerationConfig": "falconlm.decoding.sampling",
     "FalconError": "falconlm.errors",
 }
 

@@ -12,7 +12,7 @@ from importlib import import_module
 
 # name -> (module, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("falconlm.generate.cli", "generate text from a checkpoint directory"),
+    "generate": ("falconlm.decoding.generate_cli", "generate text from a checkpoint directory"),
     "init-model": ("falconlm.model.cli", "write a randomly initialised Falcon checkpoint from a preset"),
     "inspect": ("falconlm.model.cli", "describe a checkpoint directory or preset"),
     "evaluate": ("falconlm.eval.cli", "perplexity, bits per byte and lm-eval tasks for a checkpoint"),
@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("falconlm.serve.cli", "serve a checkpoint over an OpenAI-compatible HTTP API (continuous batching)"),
     "finetune": ("falconlm.finetune.cli", "supervised fine-tuning on chat/instruction JSONL, full weights or LoRA (also under torchrun)"),
     "merge-lora": ("falconlm.finetune.merge", "fold a LoRA adapter into its base checkpoint (a plain HF Falcon directory)"),
-    "chat": ("falconlm.generate.chat_cli", "interactive terminal chat with a checkpoint, streamed, multi-turn"),
+    "chat": ("falconlm.decoding.chat", "interactive terminal chat with a checkpoint, streamed, multi-turn"),
 }
 
 

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     """Build, save, reload, compare and generate for each block style; print a summary table."""
     import torch
 
-    from falconlm.generate.generate import generate
+    from falconlm.decoding.generate import generate
     from falconlm.model.config import FalconConfig
     from falconlm.model.falcon import FalconForCausalLM, build_model
 

@@ -134,7 +134,7 @@ def _write_heldout(out: Path, corpus: Path, fraction: float) -> Path:
 def _generate(checkpoint: Path, cfg: QuickstartConfig) -> list[tuple[str, str]]:
     import torch
 
-    from falconlm.generate.generate import generate
+    from falconlm.decoding.generate import generate
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 

@@ -54,7 +54,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def build_base(out: Path, seed: int = 0) -> Path:
     """A random-weight tiny-7b checkpoint whose tokenizer (BPE, ~350 ids) was trained on chat-rendered text."""
-    from falconlm.generate.chat_template import ChatTemplate
+    from falconlm.tokenizer.chat_template import ChatTemplate
     from falconlm.model.config import FalconConfig
     from falconlm.model.falcon import build_model
     from falconlm.tokenizer.falcon import train_tokenizer

@@ -11,7 +11,7 @@ import pytest
 
 import ft_helpers as H
 from falconlm.errors import FalconError
-from falconlm.generate.chat_cli import ChatSession, visible_text
+from falconlm.decoding.chat import ChatSession, visible_text
 
 
 def test_visible_text_cuts_at_stop_strings_and_holds_back_a_partial_one():
@@ -22,8 +22,8 @@ def test_visible_text_cuts_at_stop_strings_and_holds_back_a_partial_one():
 
 
 def session(ckpt, **kw):
-    from falconlm.generate.chat_template import load_chat_template
-    from falconlm.generate.sampling import GenerationConfig
+    from falconlm.tokenizer.chat_template import load_chat_template
+    from falconlm.decoding.sampling import GenerationConfig
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 

@@ -12,7 +12,7 @@ import ft_helpers as H
 from falconlm.errors import FalconError
 from falconlm.finetune.data import DataOptions, read_samples
 from falconlm.finetune.packing import SFTBatches
-from falconlm.generate.chat_template import ChatTemplate, load_chat_template
+from falconlm.tokenizer.chat_template import ChatTemplate, load_chat_template
 from falconlm.tokenizer.falcon import FalconTokenizer
 from falconlm.train.loss import IGNORE_INDEX
 

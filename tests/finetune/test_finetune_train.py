@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import ft_helpers as H
 from falconlm.finetune.lora import LoRALinear, load_adapter
-from falconlm.generate.chat_template import load_chat_template
-from falconlm.generate.generate import generate
+from falconlm.tokenizer.chat_template import load_chat_template
+from falconlm.decoding.generate import generate
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.tokenizer.falcon import FalconTokenizer
 

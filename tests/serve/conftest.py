@@ -53,9 +53,9 @@ def _one_thread():
 @pytest.fixture
 def make_app(loaded):
     """make_app(**engine_kwargs) -> (app, engine) over the tiny-7b model; engines are closed after the test."""
-    from falconlm.generate.chat_template import ChatTemplate
+    from falconlm.tokenizer.chat_template import ChatTemplate
     from falconlm.serve.app import create_app
-    from falconlm.serve.engine import Engine
+    from falconlm.decoding.engine import Engine
 
     engines = []
 

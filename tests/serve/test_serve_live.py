@@ -9,8 +9,8 @@ import httpx
 import pytest
 import torch
 
-from falconlm.generate.chat_template import ChatTemplate
-from falconlm.generate.generate import generate
+from falconlm.tokenizer.chat_template import ChatTemplate
+from falconlm.decoding.generate import generate
 from serve_helpers import LiveServer
 
 openai = pytest.importorskip("openai")

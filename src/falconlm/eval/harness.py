@@ -11,7 +11,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from falconlm.eval.scoring import score_continuations
-from falconlm.generate.generate import generate
+from falconlm.decoding.generate import generate
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.tokenizer.falcon import FalconTokenizer
 

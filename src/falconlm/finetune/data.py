@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from falconlm.errors import FalconError
-from falconlm.generate.chat_template import ROLES, ChatTemplate, message_text
+from falconlm.tokenizer.chat_template import ROLES, ChatTemplate, message_text
 
 OVERLONG_ACTIONS = ("truncate", "skip")
 BAD_ACTIONS = ("skip", "error")

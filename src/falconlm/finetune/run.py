@@ -105,7 +105,7 @@ def _export(ckpt: Path, dest: Path, skip: tuple[str, ...]) -> Path:
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Fine-tune cfg.checkpoint on cfg.data (every rank of a torchrun job calls this)."""
-    from falconlm.generate.chat_template import load_chat_template
+    from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.model.config import FalconConfig
     from falconlm.tokenizer.falcon import FalconTokenizer
     from falconlm.train.checkpoint import latest_checkpoint

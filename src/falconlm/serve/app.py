@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from falconlm.errors import FalconError
-from falconlm.generate.chat_template import ChatTemplate
-from falconlm.serve.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenInfo
+from falconlm.tokenizer.chat_template import ChatTemplate
+from falconlm.decoding.engine import Engine, Event, QueueFull, SamplingParams, Sequence, TokenInfo
 from falconlm.serve.schemas import ChatCompletionRequest, CompletionRequest, TGIRequest
 
 log = logging.getLogger("falconlm.serve")

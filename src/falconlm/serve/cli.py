@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from falconlm.generate.chat_template import load_chat_template
+    from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.serve.app import create_app, served_name
-    from falconlm.serve.engine import Engine
+    from falconlm.decoding.engine import Engine
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     if args.threads:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from falconlm.generate import head_screen
-from falconlm.generate.generate import generate
-from falconlm.generate.head_screen import HeadScreen, screen_for
+from falconlm.decoding import head_screen
+from falconlm.decoding.generate import generate
+from falconlm.decoding.head_screen import HeadScreen, screen_for
 from falconlm.model.config import FalconConfig
 from falconlm.testing import make_pair
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from falconlm.errors import FalconError
-from falconlm.generate.generate import generate, stream_generate
-from falconlm.generate.sampling import GenerationConfig, apply_repetition_penalty, warp
+from falconlm.decoding.generate import generate, stream_generate
+from falconlm.decoding.sampling import GenerationConfig, apply_repetition_penalty, warp
 from falconlm.model.config import FalconConfig
 
 from falconlm.testing import make_pair

@@ -91,7 +91,7 @@ class ChatSession:
         """
         import torch
 
-        from falconlm.generate.generate import stream_generate
+        from falconlm.decoding.generate import stream_generate
 
         if ids is None:
             ids, _ = self.prompt_ids(user)
@@ -152,8 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and talk until /quit or end of input."""
     from falconlm.errors import FalconError
-    from falconlm.generate.chat_template import load_chat_template
-    from falconlm.generate.sampling import GenerationConfig
+    from falconlm.tokenizer.chat_template import load_chat_template
+    from falconlm.decoding.sampling import GenerationConfig
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from falconlm.errors import FalconError
-from falconlm.generate.head_screen import screen_for
-from falconlm.generate.sampling import GenerationConfig, next_tokens
+from falconlm.decoding.head_screen import screen_for
+from falconlm.decoding.sampling import GenerationConfig, next_tokens
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.linear import linear
 

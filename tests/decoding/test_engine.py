@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from falconlm.generate.generate import generate
+from falconlm.decoding.generate import generate
 from falconlm.model.falcon import FalconForCausalLM
-from falconlm.serve.engine import Engine, SamplingParams, Sequence
+from falconlm.decoding.engine import Engine, SamplingParams, Sequence
 from falconlm.tokenizer.falcon import FalconTokenizer
 
 PROMPTS = [

@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from falconlm.errors import FalconError
-    from falconlm.generate.generate import stream_generate
-    from falconlm.generate.sampling import GenerationConfig
+    from falconlm.decoding.generate import stream_generate
+    from falconlm.decoding.sampling import GenerationConfig
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 
