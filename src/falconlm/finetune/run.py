@@ -168,7 +168,6 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             name="finetune",
             batches=batches.split(env.rank, env.world, train_cfg.micro_batch_size),
             heldout=val,
-            labelled=True,
             vocab_size=tokenizer.vocab_size,
             data_name=f"the tokenizer of {base}",
             description=f"{per_epoch:,} sequences per epoch ({'LoRA r=%d' % lora.rank if lora else 'full weights'})",

@@ -106,6 +106,22 @@ class BatchSource:
         return out
 
 
+def shift(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Windows (n, seq_len + 1) as (input_ids, labels) views: every next token is a target."""
+    return windows[:, :-1], windows[:, 1:]
+
+
+class WindowBatches:
+    """A BatchSource's micro-batches as (input_ids, labels) pairs, the shape every training batch has."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self.source = source
+
+    def rank_micro_batches(self, step: int, samples_before: int, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This rank's micro-batches of a step (BatchSource.rank_micro_batches), shifted into inputs and labels."""
+        return [shift(w) for w in self.source.rank_micro_batches(step, samples_before, batch)]
+
+
 def heldout_windows(data_dir: str | os.PathLike, seq_len: int, count: int) -> np.ndarray | None:
     """A fixed set of up to `count` sequential held-out windows, or None when there is no held-out split."""
     index = ShardIndex.load(data_dir)
