@@ -1,0 +1,26 @@
+"""What every reader shares: how to read (keys, limit, slice), the progress hook, the skip log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PositionHook = Callable[[int], None]  # receives the bytes of the input file consumed so far
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """How to read inputs: keys for JSON/Parquet records, limits, which slice of a file."""
+
+    text_key: str = "text"
+    id_key: str = "id"
+    limit: int | None = None  # at most this many documents per input (slice), for quick trials
+    slice_index: int = 0  # with num_slices > 1 this reader keeps records i where i % num_slices == slice_index
+    num_slices: int = 1
+
+
+def log_skip(path: Any, why: str) -> None:
+    """Warn that part of an input was skipped (the reader also counts it in its StepStats)."""
+    logging.getLogger("falconlm.data").warning("%s: %s", path, why)

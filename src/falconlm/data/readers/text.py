@@ -1,0 +1,30 @@
+"""Plain text (.txt, .gz, .zst): the whole file is one document, as a text corpus is usually laid out."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from falconlm.data.document import Document
+from falconlm.data.readers.compression import open_with_raw
+from falconlm.data.readers.options import PositionHook, ReaderOptions, log_skip
+from falconlm.data.step import StepStats
+
+
+def read_text(
+    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+) -> Iterator[Document]:
+    """One document: the file's text (undecodable bytes replaced), its name as id."""
+    try:
+        raw, _ = open_with_raw(path)
+        with raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace").read()
+    except (OSError, EOFError) as exc:
+        stats.dropped["corrupt_file"] += 1
+        log_skip(path, f"unreadable stream ({exc}); the file is skipped")
+        return
+    on_position(os.path.getsize(path))
+    name = Path(path).name
+    yield Document(id=name, text=text, url=None, metadata={"source": name})
