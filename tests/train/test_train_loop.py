@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from falconlm.atomic import is_temp, temp_path
 from falconlm.cli import main as cli_main
 from falconlm.errors import FalconError
 from falconlm.train import checkpoint as ckpt_mod
@@ -49,10 +51,14 @@ def test_heldout_loss_falls_well_below_unigram_entropy(sample_shards, tmp_path, 
 def test_resume_is_bit_exact_after_a_kill_during_checkpointing(sample_shards, tmp_path, monkeypatch, tiny_cfg):
     straight = pretrain(tiny_cfg(sample_shards, tmp_path / "straight", max_steps=8))
     out = tmp_path / "killed"
+    root = out / "checkpoints"
+    half = temp_path(root / "step-00000006")  # where this process assembles the step-6 checkpoint
+    left = tmp_path / "left-by-the-kill"
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):
-        if str(f).endswith("trainer_state.pt") and ".tmp-step-00000006" in str(f):
+        if str(f).endswith("trainer_state.pt") and Path(f).parent == half:
+            shutil.copytree(half, left)  # what a kill at this moment leaves on disk: the weights, no trainer state
             raise KeyboardInterrupt  # killed while writing the step-6 checkpoint, weights already on disk
         return real_save(obj, f, *a, **k)
 
@@ -60,15 +66,16 @@ def test_resume_is_bit_exact_after_a_kill_during_checkpointing(sample_shards, tm
     with pytest.raises(KeyboardInterrupt):
         pretrain(tiny_cfg(sample_shards, out, max_steps=8))
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    assert not half.exists()  # an interrupted save removes its temp folder...
+    left.rename(half)  # ...a hard kill could not: put back what it would have left
     # the half-written checkpoint is never the latest; the step-3 one is intact
-    root = out / "checkpoints"
-    assert (root / ".tmp-step-00000006" / "model.safetensors").exists()
+    assert (half / "model.safetensors").exists()
     assert latest_checkpoint(root).name == "step-00000003"
     assert not (root / "step-00000006").exists()
     with pytest.raises(FalconError, match="--resume"):
         pretrain(tiny_cfg(sample_shards, out, max_steps=8))
     resumed = pretrain(tiny_cfg(sample_shards, out, max_steps=8, resume=True))
-    assert not (root / ".tmp-step-00000006").exists()
+    assert not half.exists() and not [p for p in root.iterdir() if is_temp(p)]
     assert sorted(resumed.losses) == [4, 5, 6, 7, 8]
     for step in range(4, 9):
         assert resumed.losses[step] == straight.losses[step]  # bit-exact, not approximately
@@ -157,3 +164,13 @@ def test_pretrain_cli_yaml_outputs_and_hf_loading(sample_shards, tmp_path, capsy
     assert "not a token-shard directory" in capsys.readouterr().err
     assert cli_main(["pretrain", "--model", "tiny-7b", "--data", str(sample_shards), "--out", str(tmp_path / "x")]) == 1
     assert "--max-steps" in capsys.readouterr().err
+
+
+def test_measuring_the_peak_leaves_the_training_rng_alone():
+    from falconlm.train.metrics import measure_peak_flops
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    measure_peak_flops(torch.device("cpu"), n=32, repeats=1)
+    assert torch.equal(torch.rand(4), expected)  # a resumed run's restored RNG is not moved by the MFU set-up

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from falconlm.atomic import is_temp, temp_path
 from falconlm.cli import main as cli_main
 from falconlm.errors import FalconError
 from falconlm.tokenizer import FalconTokenizer, train_tokenizer
@@ -55,7 +56,7 @@ def test_shards_hold_every_document_in_order(tmp_path, tok_dir, workers):
     assert len(index.splits["train"]) >= 3  # split into several shards
     assert all(s.tokens < 20_000 + 400 for s in index.splits["train"])  # whole docs, never far past the limit
     assert (out / "tokenizer" / "tokenizer.json").is_file()
-    assert not (out / "progress.json").exists() and not list(out.glob(".*tmp"))
+    assert not (out / "progress.json").exists() and not [p for p in out.iterdir() if is_temp(p)]
 
 
 def test_dtype_choice():
@@ -66,28 +67,29 @@ def test_killed_run_resumes_to_identical_output(tmp_path, tok_dir, monkeypatch):
     ref = tmp_path / "ref"
     write_token_shards([str(FIXTURE)], tok_dir, ref, shard_tokens=15_000, val_fraction=0.05, progress=False)
     out = tmp_path / "killed"
-    real_write = shards_mod._atomic_write_bytes
+    real_write = shards_mod._write_shard
     calls = {"n": 0}
 
     def dying_write(path, arrays):
         calls["n"] += 1
         if calls["n"] == 4:  # die while writing the second flush, after one complete flush
-            Path(path).with_name(f".{Path(path).name}.tmp").write_bytes(b"partial")
+            temp_path(path).write_bytes(b"partial")
             raise KeyboardInterrupt
         real_write(path, arrays)
 
-    monkeypatch.setattr(shards_mod, "_atomic_write_bytes", dying_write)
+    monkeypatch.setattr(shards_mod, "_write_shard", dying_write)
     with pytest.raises(KeyboardInterrupt):
         write_token_shards([str(FIXTURE)], tok_dir, out, shard_tokens=15_000, val_fraction=0.05, progress=False)
-    monkeypatch.setattr(shards_mod, "_atomic_write_bytes", real_write)
+    monkeypatch.setattr(shards_mod, "_write_shard", real_write)
     assert not (out / "index.json").exists() and (out / "progress.json").exists()
+    assert [p for p in out.iterdir() if is_temp(p)]  # the killed write left its temp file
     with pytest.raises(FalconError, match="did not finish"):
         ShardIndex.load(out)
     index = write_token_shards([str(FIXTURE)], tok_dir, out, shard_tokens=15_000, val_fraction=0.05, progress=False)
     assert index.to_dict() == ShardIndex.load(ref).to_dict()
     for f in sorted(ref.glob("*.bin")):
         assert (out / f.name).read_bytes() == f.read_bytes()
-    assert not list(out.glob(".*tmp"))
+    assert not [p for p in out.iterdir() if is_temp(p)]
 
 
 def test_tokenize_cli_and_errors(tmp_path, tok_dir, capsys):

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from falconlm.atomic import atomic_write_text
+from falconlm.atomic import atomic_dir, atomic_write_text
 from falconlm.errors import FalconError
 from falconlm.finetune.config import FinetuneConfig
 from falconlm.finetune.data import DataOptions, DataReport, Issue, read_samples
@@ -89,17 +89,14 @@ def _check_same_data(out: Path, fingerprint: str) -> None:
 
 def _export(ckpt: Path, dest: Path, skip: tuple[str, ...]) -> Path:
     """Copy a checkpoint's files except the trainer state into dest (hard links where possible), replacing it atomically."""
-    tmp = dest.with_name(f".tmp-{dest.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in ckpt.iterdir():
-        if f.is_file() and not f.name.startswith(skip):
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        for f in ckpt.iterdir():
+            if f.is_file() and not f.name.startswith(skip):
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(dest, ignore_errors=True)  # the previous export, replaced when the new one is complete
     return dest
 
 

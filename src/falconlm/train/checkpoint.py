@@ -4,8 +4,9 @@
                                      trainer_state.pt (optimizer, step, tokens, samples), rng-rank{R}.pt
     OUT/checkpoints/latest           name of the newest complete checkpoint
 
-A checkpoint is assembled in `.tmp-step-...` and renamed into place only when every rank has
-written its part, so a process killed mid-save leaves the previous checkpoint as the newest one.
+Rank 0 writes a checkpoint (with every rank's RNG state, gathered to it) into a temp folder that
+falconlm.atomic renames into place once complete, then moves the `latest` pointer; so a process
+killed mid-save leaves the previous checkpoint as the newest one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from falconlm.atomic import atomic_dir, atomic_write_text, remove_stale_temps
 from falconlm.errors import FalconError
-from falconlm.train.distributed import DistEnv, barrier
+from falconlm.train.distributed import DistEnv, barrier, gather_to_main
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TRAINER_STATE = "trainer_state.pt"
@@ -113,29 +115,20 @@ def save_checkpoint(
     """
     root = Path(ckpt_dir)
     final = root / step_name(step)
-    tmp = root / f".tmp-{step_name(step)}"
     model_sd, optim_sd = full_state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
+    rngs = gather_to_main(rng_state(), env)  # collective too
     if env.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    barrier(env)
-    torch.save(rng_state(), tmp / f"rng-rank{env.rank}.pt")
-    if env.is_main:
-        if write_model is None:
-            _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
-        else:
-            write_model(tmp, model_sd)
-        torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
-    barrier(env)
-    if env.is_main:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = root / ".latest.tmp"
-        pointer_tmp.write_text(final.name + "\n")
-        os.replace(pointer_tmp, root / "latest")
+        with atomic_dir(final) as tmp:
+            for rank, state in enumerate(rngs):
+                torch.save(state, tmp / f"rng-rank{rank}.pt")
+            if write_model is None:
+                _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
+            else:
+                write_model(tmp, model_sd)
+            torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
+            if final.exists():  # the step saved again by a run resumed from an older checkpoint: the new one wins
+                shutil.rmtree(final)
+        atomic_write_text(root / "latest", final.name + "\n")
         steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))
         for old in steps[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -155,8 +148,7 @@ def load_trainer_state(ckpt: Path, env: DistEnv) -> tuple[dict[str, Any], dict[s
 
 
 def clean_stale(ckpt_dir: str | os.PathLike, env: DistEnv) -> None:
-    """Remove half-written checkpoints left by a killed run."""
-    if env.is_main and Path(ckpt_dir).is_dir():
-        for p in Path(ckpt_dir).glob(".tmp-step-*"):
-            shutil.rmtree(p, ignore_errors=True)
+    """Remove the half-written checkpoints and pointers (falconlm.atomic temps) a killed run left."""
+    if env.is_main:
+        remove_stale_temps(ckpt_dir)
     barrier(env)

@@ -10,6 +10,7 @@ import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,11 +118,6 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, precision: str) ->
     raise FalconError(f"unknown strategy {strategy!r}")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The FalconForCausalLM inside a DDP wrapper (FSDP2 wraps in place)."""
-    return model.module if hasattr(model, "module") else model
-
-
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, strategy: str, enabled: bool) -> Iterator[None]:
     """Skip gradient communication on all but the last micro-batch of an accumulation."""
@@ -151,6 +147,15 @@ def all_reduce_sum(value: int, env: DistEnv) -> int:
     t = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return int(t.item())
+
+
+def gather_to_main(obj: Any, env: DistEnv) -> list[Any] | None:
+    """Every rank's `obj` (picklable) in rank order on rank 0, None on the others; [obj] in one process."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] | None = [None] * env.world if env.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def barrier(env: DistEnv) -> None:

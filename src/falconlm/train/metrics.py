@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from falconlm.atomic import atomic_write, atomic_write_text
 
 def flops_per_token(config, seq_len: int) -> float:
     """Training FLOPs per token: 6 x parameters (matmuls, fwd + bwd) + 12 x layers x hidden x seq_len (attention).
@@ -34,8 +35,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     inner = 1
     if device.type == "cuda":
         n, inner = max(n, 8192), 10
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # Its own generator: drawing from the global one would move a run's RNG (LoRA dropout) on resume.
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     matmul_nt(a, b)  # warm-up
     best = math.inf
     for _ in range(repeats):
@@ -62,9 +65,7 @@ class MetricsLog:
         # On resume, drop records past the checkpoint so the file reads like one uninterrupted run.
         if self.path.exists():
             keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(line + "\n" for line in keep))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -124,11 +125,8 @@ def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out_png)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    out = atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))  # the temp name has no .png to go by
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

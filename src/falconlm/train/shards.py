@@ -15,7 +15,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from falconlm.atomic import atomic_write_text
+from falconlm.atomic import atomic_open, atomic_write_text, remove_stale_temps
 from falconlm.errors import FalconError
 
 log = logging.getLogger(__name__)
@@ -131,14 +130,11 @@ def _chunks(texts: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _atomic_write_bytes(path: Path, arrays: list[np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+def _write_shard(path: Path, arrays: list[np.ndarray]) -> None:
+    """One shard file: the arrays' bytes in order, written atomically."""
+    with atomic_open(path, "wb") as fh:
         for a in arrays:
             fh.write(a.tobytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_token_shards(
@@ -202,8 +198,7 @@ def write_token_shards(
             old.unlink(missing_ok=True)
         index.splits = {"train": [], "val": []}
         index.docs = index.skipped_docs = 0
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
+    remove_stale_temps(out)  # shards and progress files a killed run was writing
 
     buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     counts = {"train": [0, 0], "val": [0, 0]}  # tokens, docs
@@ -213,7 +208,7 @@ def write_token_shards(
             if not buffers[split]:
                 continue
             name = f"{split}-{len(index.splits[split]):05d}.bin"
-            _atomic_write_bytes(out / name, buffers[split])
+            _write_shard(out / name, buffers[split])
             index.splits[split].append(ShardInfo(name, counts[split][0], counts[split][1]))
             buffers[split], counts[split] = [], [0, 0]
         atomic_write_text(prog_path, json.dumps({"job": job, "index": index.to_dict()}, indent=2) + "\n")
@@ -282,14 +277,3 @@ def load_shard(data_dir: str | os.PathLike, info: ShardInfo, dtype: str) -> np.n
     if len(arr) != info.tokens:
         raise FalconError(f"token shard {path} has {len(arr):,} tokens but {INDEX_FILE} says {info.tokens:,}")
     return arr
-
-
-def copy_tokenizer_files(data_dir: str | os.PathLike, dest: str | os.PathLike) -> bool:
-    """Copy the shard directory's tokenizer files into a checkpoint directory; False when there are none."""
-    src = Path(data_dir) / "tokenizer"
-    if not (src / "tokenizer.json").is_file():
-        return False
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("."):
-            shutil.copyfile(f, Path(dest) / f.name)
-    return True

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from falconlm.atomic import remove_stale_temps
 from falconlm.errors import FalconError
 from falconlm.model.config import FalconConfig
 from falconlm.train.config import TrainConfig
@@ -143,6 +144,7 @@ def build_trainer(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConf
     ckpt_dir = out / "checkpoints"
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # metrics or loss-curve writes of a killed run
     resume_from = _resume_point(cfg, env, ckpt_dir)
     strategy = resolve_strategy(cfg.strategy, env)
     precision = _precision(cfg, env.device)
