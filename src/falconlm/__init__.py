@@ -17,7 +17,7 @@ _LAZY = {
     "KVCache": "falconlm.model.kv_cache",
     "generate": "falconlm.decoding.generate",
     "stream_generate": "falconlm.decoding.generate",
-    "GenerationConfig": "falconlm.decoding.sampling",
+    "GenerationConfig": "falconlm.decoding.settings",
     "FalconError": "falconlm.errors",
 }
 

@@ -7,7 +7,8 @@ import torch
 
 from falconlm.decoding.generate import generate
 from falconlm.model.falcon import FalconForCausalLM
-from falconlm.decoding.engine import Engine, SamplingParams, Sequence
+from falconlm.decoding.engine import Engine, Sequence
+from falconlm.decoding.settings import GenerationConfig
 from falconlm.tokenizer.falcon import FalconTokenizer
 
 PROMPTS = [
@@ -43,7 +44,7 @@ def test_rows_joining_mid_decode_equal_alone(which, request):
     engine = Engine(model, tok, max_batch_size=4, start=False)
     ids = [tok.encode(p) for p in PROMPTS]
     n = [24, 30, 12, 20, 16]
-    seqs = [Sequence(i, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)) for i, m in zip(ids, n)]
+    seqs = [Sequence(i, GenerationConfig(max_new_tokens=m, do_sample=True, temperature=0.0, ignore_eos=True)) for i, m in zip(ids, n)]
     engine.submit(seqs[:1])
     for _ in range(6):
         engine.step()
@@ -66,7 +67,7 @@ def test_compaction_and_waiting_when_the_cache_is_short(tiny_ckpt):
     engine = Engine(model, tok, max_batch_size=3, max_length=64, start=False)
     ids = [tok.encode(p) for p in PROMPTS] * 2
     n = [min(64 - len(i), 20 + 7 * (k % 3)) for k, i in enumerate(ids)]
-    seqs = [Sequence(i, SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True)) for i, m in zip(ids, n)]
+    seqs = [Sequence(i, GenerationConfig(max_new_tokens=m, do_sample=True, temperature=0.0, ignore_eos=True)) for i, m in zip(ids, n)]
     for k, s in enumerate(seqs):
         engine.submit([s])
         for _ in range(3 + k % 4):
@@ -88,11 +89,11 @@ def test_sampling_per_row_seeds_and_settings(tiny_ckpt):
         dict(temperature=1.2, seed=7, top_p=0.9),
         dict(temperature=0.0),
     ]
-    seqs = [Sequence(i, SamplingParams(max_tokens=15, ignore_eos=True, **kw)) for i, kw in zip(ids, settings)]
+    seqs = [Sequence(i, GenerationConfig(max_new_tokens=15, do_sample=True, ignore_eos=True, **kw)) for i, kw in zip(ids, settings)]
     engine.submit(seqs)
     _drain(engine, seqs)
     for s, i, kw in zip(seqs, ids, settings):
-        cfg = s.params.generation_config([])
+        cfg = s.params
         assert s.generated == _alone(model, i, 15, config=cfg)
     assert seqs[0].generated != seqs[2].generated
 
@@ -104,7 +105,7 @@ def test_eos_stop_strings_and_cancel_free_rows(tiny_ckpt):
     free = _alone(model, ids, 20, eos_token_id=[])
     # eos: make a later generated token (first seen at k) the eos id of this run
     k = next(k for k in range(2, 20) if free[k] not in free[:k])
-    eos_seq = Sequence(ids, SamplingParams(max_tokens=20, temperature=0.0))
+    eos_seq = Sequence(ids, GenerationConfig(max_new_tokens=20, do_sample=True, temperature=0.0))
     engine.eos_ids = [free[k]]
     engine.submit([eos_seq])
     _drain(engine, [eos_seq])
@@ -114,13 +115,13 @@ def test_eos_stop_strings_and_cancel_free_rows(tiny_ckpt):
     # stop string: cut the text before it, never emit it
     text = tok.decode(free, skip_special_tokens=True)
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    stop_seq = Sequence(ids, SamplingParams(max_tokens=20, temperature=0.0, stop=[stop]))
+    stop_seq = Sequence(ids, GenerationConfig(max_new_tokens=20, do_sample=True, temperature=0.0, stop_strings=[stop]))
     engine.submit([stop_seq])
     _drain(engine, [stop_seq])
     emitted = "".join(e.text for e in stop_seq.events)
     assert stop_seq.finish_reason == "stop" and emitted == text[: text.find(stop)] and stop not in emitted
     # cancel: the row is freed at the next step and a waiting request takes it
-    a, b, c = (Sequence(ids, SamplingParams(max_tokens=50, temperature=0.0)) for _ in range(3))
+    a, b, c = (Sequence(ids, GenerationConfig(max_new_tokens=50, do_sample=True, temperature=0.0)) for _ in range(3))
     engine.submit([a, b, c])
     engine.step()
     assert len(engine.active) == 2 and len(engine.waiting) == 1
@@ -167,10 +168,10 @@ def test_cancel_while_waiting_leaves_the_queue(tiny_ckpt):
     model, tok = _load(tiny_ckpt)
     engine = Engine(model, tok, max_batch_size=1, max_queue=2, start=False)
     ids = tok.encode(PROMPTS[1])
-    a, b = (Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0)) for _ in range(2))
+    a, b = (Sequence(ids, GenerationConfig(max_new_tokens=4, do_sample=True, temperature=0.0)) for _ in range(2))
     engine.submit([a, b])
     engine.cancel(b)
     assert list(engine.waiting) == [a] and engine.stats["cancelled"] == 1
-    engine.submit([Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0))])  # room again
+    engine.submit([Sequence(ids, GenerationConfig(max_new_tokens=4, do_sample=True, temperature=0.0))])  # room again
     with pytest.raises(Exception, match="queue is full"):
-        engine.submit([Sequence(ids, SamplingParams(max_tokens=4, temperature=0.0))])
+        engine.submit([Sequence(ids, GenerationConfig(max_new_tokens=4, do_sample=True, temperature=0.0))])

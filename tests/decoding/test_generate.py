@@ -7,7 +7,8 @@ import torch
 
 from falconlm.errors import FalconError
 from falconlm.decoding.generate import generate, stream_generate
-from falconlm.decoding.sampling import GenerationConfig, apply_repetition_penalty, warp
+from falconlm.decoding.sampling import apply_repetition_penalty, warp
+from falconlm.decoding.settings import GenerationConfig
 from falconlm.model.config import FalconConfig
 
 from falconlm.testing import make_pair

@@ -11,19 +11,12 @@ import pytest
 
 import ft_helpers as H
 from falconlm.errors import FalconError
-from falconlm.decoding.chat import ChatSession, visible_text
-
-
-def test_visible_text_cuts_at_stop_strings_and_holds_back_a_partial_one():
-    assert visible_text(" Paris.\nUser: x", ["\nUser:"]) == (" Paris.", True)
-    assert visible_text(" Paris.\nUs", ["\nUser:"]) == (" Paris.", False)  # may become a stop string: not shown yet
-    assert visible_text(" Paris.\nUsa", ["\nUser:"]) == (" Paris.\nUsa", False)
-    assert visible_text(" Paris.", []) == (" Paris.", False)
+from falconlm.decoding.chat import ChatSession
 
 
 def session(ckpt, **kw):
     from falconlm.tokenizer.chat_template import load_chat_template
-    from falconlm.decoding.sampling import GenerationConfig
+    from falconlm.decoding.settings import GenerationConfig
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 import torch
-
-from falconlm.tokenizer.chat_template import ChatTemplate
-from falconlm.decoding.generate import generate
 from serve_helpers import client, sse_events
+
+from falconlm.decoding.generate import generate
+from falconlm.tokenizer.chat_template import ChatTemplate
 
 PROMPTS = ["the falcon flies over", "models learn to predict", "dawn", "web text of the desert, 123", "the next token", "while the falcon", "at dawn models", "learn the next"]
 

@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from falconlm.errors import FalconError
-from falconlm.tokenizer.chat_template import DEFAULT_STOP, ChatTemplate, load_chat_template
+from falconlm.tokenizer.chat_template import (
+    DEFAULT_STOP,
+    ChatTemplate,
+    load_chat_template,
+)
 
 
 def test_default_rendering():

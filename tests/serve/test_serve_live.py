@@ -8,10 +8,10 @@ import time
 import httpx
 import pytest
 import torch
-
-from falconlm.tokenizer.chat_template import ChatTemplate
-from falconlm.decoding.generate import generate
 from serve_helpers import LiveServer
+
+from falconlm.decoding.generate import generate
+from falconlm.tokenizer.chat_template import ChatTemplate
 
 openai = pytest.importorskip("openai")
 

@@ -17,15 +17,6 @@ from typing import Any
 HELP = "/reset clears the history, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
 
 
-def visible_text(text: str, stops: list[str]) -> tuple[str, bool]:
-    """(the text that can be shown, whether a stop string ended it): cut before a stop string, holding back a partial one."""
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    if cut >= 0:
-        return text[:cut], True
-    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-    return text[: len(text) - hold], False
-
-
 @dataclass
 class ChatSession:
     """A conversation with a model: the history, the context budget, and streamed replies."""
@@ -89,49 +80,31 @@ class ChatSession:
 
         `ids` is the prompt from prompt_ids(user) when the caller already made it. Ctrl-C stops the reply.
         """
-        import torch
-
-        from falconlm.decoding.generate import stream_generate
+        from falconlm.decoding.generate import TextStream
 
         if ids is None:
             ids, _ = self.prompt_ids(user)
-        stops = self.generation.stop_strings
-        eos = set(self.generation.eos_ids or [])
-        tokens: list[int] = []
-        shown = ""
-        interrupted = False
         cache = self._reusable_cache(ids)
         self._cached_ids = []  # until this reply ends cleanly, the cache's content is unknown
         self.prefilled = len(ids) - min(cache.length, len(ids) - 1) if cache is not None else len(ids)
-        received: list[int] = []
-        stream = stream_generate(self.model, torch.tensor([ids]), config=self.generation, decode=self.tokenizer.decode, cache=cache)
+        stream = TextStream(self.model, self.tokenizer, [ids], self.generation, cache=cache)
+        interrupted = False
+        text, shown = "", 0
         try:
-            for step in stream:
-                token = int(step[0])
-                received.append(token)
-                if token in eos:
-                    break
-                tokens.append(token)
-                text, stopped = visible_text(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)
-                if not text.endswith("\ufffd") and text.startswith(shown):  # wait for the rest of a multi-byte character
-                    write(text[len(shown) :])
-                    shown = text
-                if stopped:
-                    break
+            for deltas in stream:
+                text += deltas[0]
+                visible = text.rstrip()  # trailing white space waits for the next word (a reply never ends in it)
+                if len(visible) > shown:
+                    write(visible[shown:])
+                    shown = len(visible)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             stream.close()
-        if cache is not None and not interrupted and cache.length == len(ids) + len(received) - 1:
-            self._cached_ids = ids + received[:-1]  # every received token but the last was fed back
-        if not interrupted:  # the reply is complete: show what was held back as a possible stop string
-            full = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            text, stopped = visible_text(full, stops)
-            text = (text if stopped else full).rstrip()
-            if text.startswith(shown) and len(text) > len(shown):
-                write(text[len(shown) :])
-            shown = text
-        answer = shown.strip()
+        result = stream.completions[0]
+        if cache is not None and not interrupted and cache.length == len(ids) + len(result.tokens) - 1:
+            self._cached_ids = ids + result.tokens[:-1]  # every generated token but the last was fed back
+        answer = result.text.strip()
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         return answer, interrupted
 
@@ -151,10 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and talk until /quit or end of input."""
+    from falconlm.decoding.settings import GenerationConfig
     from falconlm.errors import FalconError
-    from falconlm.tokenizer.chat_template import load_chat_template
-    from falconlm.decoding.sampling import GenerationConfig
     from falconlm.model.falcon import FalconForCausalLM
+    from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     try:
@@ -164,13 +137,12 @@ def run(args: argparse.Namespace) -> int:
     model = FalconForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
     tokenizer = FalconTokenizer.load(args.checkpoint)
     template = load_chat_template(args.checkpoint)
-    sample = args.temperature > 0
     context = model.config.max_position_embeddings
     max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, context // 2)
     generation = GenerationConfig(
-        max_new_tokens=max_new, do_sample=sample, temperature=args.temperature if sample else 1.0, top_k=args.top_k,
-        top_p=args.top_p if sample else None, repetition_penalty=args.repetition_penalty, stop_strings=list(template.stop_strings),
-        seed=args.seed, eos_token_id=model.config.eos_token_id,
+        max_new_tokens=max_new, do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop_strings=list(template.stop_strings), seed=args.seed,
+        eos_token_id=model.config.eos_token_id,
     )
     generation.validate()
     session = ChatSession(model, tokenizer, template, generation, system=args.system)

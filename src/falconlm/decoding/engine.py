@@ -19,16 +19,18 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from falconlm.errors import FalconError
+from falconlm.decoding.detokenizer import Detokenizer, text_decoder
 from falconlm.decoding.head_screen import screen_for
-from falconlm.decoding.sampling import GenerationConfig, next_tokens
+from falconlm.decoding.sampling import TokenPicker, next_tokens
+from falconlm.decoding.settings import GenerationConfig, row_generator
+from falconlm.decoding.step import DecodeStep
+from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM
-from falconlm.model.linear import linear
 
 log = logging.getLogger("falconlm.serve")
 
@@ -58,60 +60,31 @@ class Event:
     prompt_logprobs: list[TokenInfo] | None = None
 
 
-@dataclass
-class SamplingParams:
-    """Per-request settings (one request = one row)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: int | None = None  # top alternatives per generated token (None: no logprobs)
-    prompt_logprobs: int | None = None  # with echo: logprobs of every prompt token
-    ignore_eos: bool = False
-
-    def generation_config(self, eos: list[int]) -> GenerationConfig:
-        """The equivalent GenerationConfig (temperature 0 = greedy)."""
-        sample = self.temperature > 0
-        return GenerationConfig(
-            max_new_tokens=self.max_tokens,
-            do_sample=sample,
-            temperature=self.temperature if sample else 1.0,
-            top_k=self.top_k if self.top_k and self.top_k > 0 else None,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            eos_token_id=[] if self.ignore_eos else eos,
-            stop_strings=list(self.stop),
-            seed=self.seed,
-        )
-
-
 class Sequence:
     """One request's state: prompt, settings, generated tokens, its row, and its event sink."""
 
     def __init__(
         self,
         prompt_ids: list[int],
-        params: SamplingParams,
+        params: GenerationConfig,
         loop: asyncio.AbstractEventLoop | None = None,
         queue: "asyncio.Queue[tuple[int, Event]] | None" = None,
         index: int = 0,
+        sample: int = 0,
     ):
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.loop = loop
         self.index = index  # which choice of the response this is; events go to the queue as (index, event)
+        self.sample = sample  # which sample of its prompt this is: it draws with seed + sample
         self.queue = queue if queue is not None else (asyncio.Queue() if loop is not None else None)
         self.events: list[Event] = []  # when there is no loop (direct use from threads/tests)
         self.done = threading.Event()
         self.cancelled = False
         self.generated: list[int] = []
-        self.emitted_text = ""
         self.finish_reason: str | None = None
         self.cfg: GenerationConfig | None = None
+        self.detokenizer: Detokenizer | None = None
         self.generator: torch.Generator | None = None
         self.seen: torch.Tensor | None = None
         self.next_pos = 0
@@ -128,7 +101,7 @@ class Sequence:
     @property
     def remaining(self) -> int:
         """Tokens still to generate (each needs one decode step and one cache slot)."""
-        return self.params.max_tokens - len(self.generated)
+        return self.params.max_new_tokens - len(self.generated)
 
     def _emit(self, event: Event) -> None:
         if event.finish_reason is not None or event.error is not None:
@@ -170,6 +143,7 @@ class Engine:
         max_queue: int = 64,
         max_length: int | None = None,
         start: bool = True,
+        step_mode: str = "auto",
     ):
         if max_batch_size < 1:
             raise FalconError(f"--max-batch-size must be >= 1, got {max_batch_size}")
@@ -183,7 +157,9 @@ class Engine:
         eos = model.config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.cache = model.new_cache(max_batch_size, self.max_length)
-        self.screen = screen_for(model)
+        self.picker = TokenPicker(model, screen_for(model))
+        self.step_fn = DecodeStep(model, step_mode)
+        self.decode = text_decoder(tokenizer)
         self.active: list[Sequence] = []  # active[i] owns cache row i
         self.waiting: deque[Sequence] = deque()
         self.cond = threading.Condition()
@@ -197,8 +173,8 @@ class Engine:
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue sequences (all or none); raises QueueFull when they do not fit in the waiting queue."""
         for s in seqs:
-            if not s.prompt_ids or s.prompt_tokens + s.params.max_tokens > self.max_length:
-                raise FalconError(f"prompt ({s.prompt_tokens} tokens) + max_tokens ({s.params.max_tokens}) must be 1..{self.max_length} tokens")
+            if not s.prompt_ids or s.prompt_tokens + s.params.max_new_tokens > self.max_length:
+                raise FalconError(f"prompt ({s.prompt_tokens} tokens) + max_tokens ({s.params.max_new_tokens}) must be 1..{self.max_length} tokens")
         with self.cond:
             if self.stopped:
                 raise FalconError("the engine is shut down")
@@ -316,7 +292,7 @@ class Engine:
 
     def _fits(self, seq: Sequence) -> bool:
         new_length = max(self.cache.length, seq.prompt_tokens)
-        need = max([s.remaining for s in self.active] + [seq.params.max_tokens - 1, 0])
+        need = max([s.remaining for s in self.active] + [seq.params.max_new_tokens - 1, 0])
         return new_length + need <= self.max_length
 
     def _compact(self, force: bool = False) -> None:
@@ -331,23 +307,23 @@ class Engine:
             self.stats["compactions"] += 1
 
     def _prefill(self, seq: Sequence) -> None:
-        model, p = self.model, seq.params
-        seq.cfg = p.generation_config(self.eos_ids)
-        if seq.cfg.do_sample:
-            seq.generator = torch.Generator(device=model.device)
-            seq.generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        model = self.model
+        params = seq.params if seq.params.eos_token_id is not None else replace(seq.params, eos_token_id=list(self.eos_ids))
+        seq.cfg = cfg = params.for_model(model.config)
+        seq.generator = row_generator(cfg, seq.sample, model.device)
+        seq.detokenizer = Detokenizer(self.decode, cfg.stop_strings, cfg.eos_ids)
         ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=model.device)
         n = ids.shape[1]
         own = model.new_cache(1, n)
         hidden = model.hidden_states(ids, position_ids=torch.arange(n, device=model.device)[None], cache=own)
         prompt_lp = None
-        if p.prompt_logprobs is not None:
-            logp = linear(hidden[0, :-1], model.lm_head.weight).float().log_softmax(-1)
+        if cfg.prompt_logprobs is not None:
+            logp = self.picker.logits(hidden[0, :-1]).log_softmax(-1)
             prompt_lp = [TokenInfo(seq.prompt_ids[0], self._piece(seq.prompt_ids[0]))]
-            prompt_lp += self._infos(logp, ids[0, 1:], p.prompt_logprobs)
+            prompt_lp += self._infos(logp, ids[0, 1:], cfg.prompt_logprobs)
         seq.seen = ids
         seq.next_pos = n
-        if p.max_tokens == 0:
+        if cfg.max_new_tokens == 0:
             seq.finish_reason = "length"
             seq._emit(Event([], "", finish_reason="length", prompt_logprobs=prompt_lp))
             self.stats["finished"] += 1
@@ -370,7 +346,7 @@ class Engine:
         view = self.cache.rows(n)
         last = torch.tensor([[s.generated[-1]] for s in self.active], dtype=torch.long, device=self.model.device)
         pos = torch.tensor([[s.next_pos] for s in self.active], dtype=torch.long, device=self.model.device)
-        hidden = self.model.hidden_states(last, position_ids=pos, cache=view)[:, -1]
+        hidden = self.step_fn(last, pos, view)
         self.cache.length = view.length
         for s in self.active:
             s.next_pos += 1
@@ -381,24 +357,24 @@ class Engine:
                 self._free(i)
 
     def _pick(self, seqs: list[Sequence], hidden: torch.Tensor) -> tuple[list[int], list[TokenInfo | None]]:
-        """Next token per row: greedy rows through the exact int8 head screen, the rest from full logits."""
+        """Next token per row: plain greedy rows together through the head screen, the rest row by row from full logits."""
         picks: list[int | None] = [None] * len(seqs)
         infos: list[TokenInfo | None] = [None] * len(seqs)
-        fast = [i for i, s in enumerate(seqs) if not s.cfg.do_sample and s.cfg.repetition_penalty == 1.0 and s.params.logprobs is None]
-        if fast and self.screen is not None:
-            found = self.screen.argmax(hidden[fast])
+        fast = [i for i, s in enumerate(seqs) if s.cfg.screen_head and not s.cfg.needs_full_logits]
+        if fast and self.picker.screen is not None:
+            found = self.picker.screen.argmax(hidden[fast])
             if found is not None:
                 for i, t in zip(fast, found.tolist()):
                     picks[i] = t
         rest = [i for i in range(len(seqs)) if picks[i] is None]
         if rest:
-            logits = linear(hidden[rest], self.model.lm_head.weight).float()
+            logits = self.picker.logits(hidden[rest])
             for j, i in enumerate(rest):
                 s = seqs[i]
                 row = logits[j : j + 1]
-                picks[i] = int(next_tokens(row, s.seen, s.cfg, s.generator)[0])
-                if s.params.logprobs is not None:
-                    infos[i] = self._infos(row.log_softmax(-1), torch.tensor([picks[i]]), s.params.logprobs)[0]
+                picks[i] = int(next_tokens(row, s.seen, s.cfg, [s.generator])[0])
+                if s.cfg.logprobs is not None:
+                    infos[i] = self._infos(row.log_softmax(-1), torch.tensor([picks[i]]), s.cfg.logprobs)[0]
         return picks, infos
 
     def _infos(self, logp: torch.Tensor, chosen: torch.Tensor, k: int) -> list[TokenInfo]:
@@ -415,39 +391,21 @@ class Engine:
         return self.tokenizer.decode([token])
 
     def _advance(self, seq: Sequence, token: int, info: TokenInfo | None, prompt_lp: list[TokenInfo] | None) -> bool:
-        """Record a new token, emit the visible text, and say whether the sequence is finished."""
+        """Record a new token, emit the text it releases, and say whether the sequence is finished."""
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
         seq.generated.append(token)
         if seq.cfg.repetition_penalty != 1.0:  # the only reader of `seen`
             seq.seen = torch.cat([seq.seen, torch.tensor([[token]], dtype=torch.long, device=seq.seen.device)], dim=1)
         # Token texts are only shown with logprobs (and TGI details); skip the per-token decode otherwise.
-        info = info or TokenInfo(token, self._piece(token) if seq.params.logprobs is not None else "")
-        finish = None
-        if token in seq.cfg.eos_ids:
-            finish = "stop"
-        body = seq.generated[:-1] if finish else seq.generated
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
-        stops = seq.params.stop
-        if stops and finish is None:
-            cut = min((text.find(s) for s in stops if s in text), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-        if finish is None and seq.remaining <= 0:
-            finish = "length"
-        if finish is None:
-            # Hold back an incomplete UTF-8 character and any tail that may grow into a stop string.
-            visible = text.rstrip("\ufffd")
-            hold = max((k for s in stops for k in range(1, len(s)) if visible.endswith(s[:k])), default=0)
-            visible = visible[: len(visible) - hold]
-        else:
-            visible = text
-        if not visible.startswith(seq.emitted_text):  # a merge changed earlier bytes: never rewrite what was sent
-            visible = seq.emitted_text
-        delta, seq.emitted_text = visible[len(seq.emitted_text) :], visible
-        seq.finish_reason = finish
-        seq._emit(Event([info], delta, finish_reason=finish, prompt_logprobs=prompt_lp))
-        return finish is not None
+        info = info or TokenInfo(token, self._piece(token) if seq.cfg.logprobs is not None else "")
+        det = seq.detokenizer
+        delta = det.add(token)
+        if not det.finished and seq.remaining <= 0:
+            delta += det.finish("length")
+        seq.finish_reason = det.finish_reason
+        seq._emit(Event([info], delta, finish_reason=det.finish_reason, prompt_logprobs=prompt_lp))
+        return det.finished
 
     def _free(self, row: int) -> None:
         last = len(self.active) - 1

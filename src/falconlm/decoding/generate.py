@@ -1,35 +1,53 @@
-"""Prefill once, then decode token by token from a preallocated KV cache."""
+"""Prefill once, then decode token by token from a preallocated KV cache: `generate`, `stream_generate`, `stream_text`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from falconlm.errors import FalconError
+from falconlm.decoding.detokenizer import Decode, Detokenizer, text_decoder
 from falconlm.decoding.head_screen import screen_for
-from falconlm.decoding.sampling import GenerationConfig, next_tokens
+from falconlm.decoding.sampling import TokenPicker
+from falconlm.decoding.settings import GenerationConfig, resolve, row_generator
+from falconlm.decoding.step import DecodeStep
+from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.kv_cache import KVCache
-from falconlm.model.linear import linear
-
-Decode = Callable[[list[int]], str]
 
 
-def _resolve(model: FalconForCausalLM, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
-    known = {f.name for f in fields(GenerationConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise FalconError(f"unknown generation option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    cfg = replace(config or GenerationConfig(), **overrides)
-    if cfg.eos_token_id is None:
-        cfg.eos_token_id = model.config.eos_token_id
-    if cfg.pad_token_id is None:
-        cfg.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else (cfg.eos_ids or [0])[0]
-    cfg.validate()
-    return cfg
+def _check_inputs(model: FalconForCausalLM, input_ids: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise FalconError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+    t = input_ids.shape[1]
+    limit = model.config.max_position_embeddings
+    if t + cfg.max_new_tokens > limit and not model.config.alibi and model.config.rope_scaling is None:
+        raise FalconError(f"prompt ({t} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's context of {limit} tokens")
+    if int(input_ids.max()) >= model.config.vocab_size or int(input_ids.min()) < 0:
+        raise FalconError(f"input_ids hold a token id outside the vocabulary of {model.config.vocab_size}")
+    return input_ids
+
+
+def _prefill(model: FalconForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor, padded: bool, cache: KVCache | None, max_new: int) -> tuple[torch.Tensor, KVCache, torch.Tensor]:
+    """Final hidden state of each row's last prompt token, the cache holding the prompt, and each row's next position (B, 1)."""
+    b, t = input_ids.shape
+    positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+    if cache is None:
+        cache = model.new_cache(b, t + max_new)
+        hidden = model.hidden_states(input_ids, attention_mask=mask if padded else None, position_ids=positions, cache=cache)[:, -1]
+    else:
+        if b != 1 or padded:
+            raise FalconError("a reused cache serves one unpadded row")
+        if t + max_new > cache.max_length:
+            raise FalconError(f"prompt ({t}) + max_new_tokens ({max_new}) exceed the cache's {cache.max_length} slots")
+        cache.length = min(cache.length, t - 1)  # at least the last prompt token is fed, for its logits
+        done = cache.length
+        hidden = model.hidden_states(input_ids[:, done:], position_ids=positions[:, done:], cache=cache)[:, -1]
+    return hidden, cache, positions[:, -1:] + 1
 
 
 def stream_generate(
@@ -39,78 +57,61 @@ def stream_generate(
     config: GenerationConfig | None = None,
     decode: Decode | None = None,
     cache: KVCache | None = None,
+    detokenizers: list[Detokenizer] | None = None,
+    step_mode: str = "auto",
     **overrides: Any,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), step by step; finished rows yield the pad id.
 
     Prompts of different lengths are left-padded with attention_mask marking real tokens.
-    `decode` (token ids -> text) is needed only for stop strings. `cache`, for one unpadded row,
-    holds the keys and values of the prompt's first `cache.length` tokens already (a chat's
-    previous turns): only the rest is prefilled, and the cache goes on filling with the new tokens
-    (each yielded token but the last is in it when the generator stops).
+    `decode` (token ids -> text) is needed only for stop strings; `detokenizers` (one per row)
+    are fed every token and end their rows on a stop string (callers read the text from them).
+    `cache`, for one unpadded row, holds the keys and values of the prompt's first `cache.length`
+    tokens already (a chat's previous turns): only the rest is prefilled, and the cache goes on
+    filling with the new tokens (each yielded token but the last is in it when the generator stops).
+    `step_mode` picks how decode steps run (see decoding/step.py); every mode gives the same tokens.
     """
-    cfg = _resolve(model, config, overrides)
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise FalconError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
-    if cfg.stop_strings and decode is None:
-        raise FalconError("stop strings need a decode function (a tokenizer) to read the generated text")
+    cfg = resolve(config, model.config, overrides)
+    input_ids = _check_inputs(model, input_ids, cfg)
     b, t = input_ids.shape
-    limit = model.config.max_position_embeddings
-    if t + cfg.max_new_tokens > limit and not model.config.alibi and model.config.rope_scaling is None:
-        raise FalconError(f"prompt ({t} tokens) + max_new_tokens ({cfg.max_new_tokens}) exceeds the model's context of {limit} tokens")
-    if int(input_ids.max()) >= model.config.vocab_size or int(input_ids.min()) < 0:
-        raise FalconError(f"input_ids hold a token id outside the vocabulary of {model.config.vocab_size}")
+    if detokenizers is None and cfg.stop_strings:
+        if decode is None:
+            raise FalconError("stop strings need a decode function (a tokenizer) to read the generated text")
+        detokenizers = [Detokenizer(decode, cfg.stop_strings, cfg.eos_ids) for _ in range(b)]
+    if detokenizers is not None and len(detokenizers) != b:
+        raise FalconError(f"{len(detokenizers)} detokenizers for {b} rows")
     device = model.device
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
-    generator = None
-    if cfg.do_sample:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    generators = None if cfg.greedy else [row_generator(cfg, row, device) for row in range(b)]
+    picker = TokenPicker(model, screen_for(model) if cfg.screen_head else None)
     eos = torch.tensor(cfg.eos_ids, device=device, dtype=torch.long)
     tokens = torch.empty(b, t + cfg.max_new_tokens, dtype=torch.long, device=device)
     tokens[:, :t] = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    screen = screen_for(model) if cfg.screen_head and not cfg.do_sample and cfg.repetition_penalty == 1.0 else None
-
-    def pick(hidden: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        if screen is not None:
-            exact_argmax = screen.argmax(hidden)
-            if exact_argmax is not None:
-                return exact_argmax
-        return next_tokens(linear(hidden, model.lm_head.weight), seen, cfg, generator)
-
     with torch.inference_mode():
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-        if cache is None:
-            cache = model.new_cache(b, t + cfg.max_new_tokens)
-            hidden = model.hidden_states(input_ids, attention_mask=mask if attention_mask is not None else None, position_ids=positions, cache=cache)[:, -1]
-        else:
-            if b != 1 or attention_mask is not None:
-                raise FalconError("a reused cache serves one unpadded row")
-            if t + cfg.max_new_tokens > cache.max_length:
-                raise FalconError(f"prompt ({t}) + max_new_tokens ({cfg.max_new_tokens}) exceed the cache's {cache.max_length} slots")
-            cache.length = min(cache.length, t - 1)  # at least the last prompt token is fed, for its logits
-            done = cache.length
-            hidden = model.hidden_states(input_ids[:, done:], position_ids=positions[:, done:], cache=cache)[:, -1]
-        next_pos = positions[:, -1:] + 1
-        for step in range(cfg.max_new_tokens):
-            new = pick(hidden, tokens[:, : t + step])
+        hidden, cache, next_pos = _prefill(model, input_ids, mask, attention_mask is not None, cache, cfg.max_new_tokens)
+        step = DecodeStep(model, step_mode)
+        for i in range(cfg.max_new_tokens):
+            new = picker.pick(hidden, cfg, tokens[:, : t + i], generators)
             new = torch.where(finished, torch.full_like(new, cfg.pad_token_id), new)
-            tokens[:, t + step] = new
+            tokens[:, t + i] = new
             if eos.numel():
                 finished |= torch.isin(new, eos)
-            if cfg.stop_strings:
-                for row in range(b):
-                    if not finished[row] and any(s in decode(tokens[row, t : t + step + 1].tolist()) for s in cfg.stop_strings):
-                        finished[row] = True
+            if detokenizers is not None:
+                for row, token in enumerate(new.tolist()):
+                    if not detokenizers[row].finished:
+                        detokenizers[row].add(token)
+                        if detokenizers[row].finished:
+                            finished[row] = True
             yield new
-            if bool(finished.all()) or step + 1 == cfg.max_new_tokens:
+            if i + 1 == cfg.max_new_tokens or bool(finished.all()):
                 break
-            hidden = model.hidden_states(new[:, None], position_ids=next_pos, cache=cache)[:, -1]
+            hidden = step(new[:, None], next_pos, cache)
             next_pos = next_pos + 1
+    if detokenizers is not None:
+        for d in detokenizers:
+            d.finish("length")
 
 
 def generate(
@@ -128,3 +129,82 @@ def generate(
     if not new:
         return input_ids.clone()
     return torch.cat([input_ids.to(new[0].device), torch.stack(new, dim=1)], dim=1)
+
+
+def left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts of different lengths as left-padded (B, T) ids and their attention mask (None for one prompt or equal lengths)."""
+    if any(not ids for ids in encoded):
+        raise FalconError("a prompt encodes to no tokens; give some text")
+    width = max(map(len, encoded))
+    ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in encoded], dtype=torch.long)
+    if all(len(row) == width for row in encoded):
+        return ids, None
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in encoded], dtype=torch.long)
+    return ids, mask
+
+
+@dataclass
+class Completion:
+    """One row's result: its visible text, why it ended ("stop" or "length"), and the tokens generated (an ending eos included)."""
+
+    text: str
+    finish_reason: str
+    tokens: list[int]
+
+
+class TextStream:
+    """Generate from token-id prompts; iterating yields, each step, the new visible text of every row.
+
+    After the iteration (or `close()`), `completions` holds each row's final text, finish reason and tokens.
+    """
+
+    def __init__(
+        self,
+        model: FalconForCausalLM,
+        tokenizer: Any,
+        prompts: list[list[int]],
+        config: GenerationConfig | None = None,
+        cache: KVCache | None = None,
+        step_mode: str = "auto",
+        **overrides: Any,
+    ):
+        self.config = resolve(config, model.config, overrides)
+        decode = text_decoder(tokenizer)
+        self.rows = [Detokenizer(decode, self.config.stop_strings, self.config.eos_ids) for _ in prompts]
+        input_ids, mask = left_pad(prompts, self.config.pad_token_id)
+        self._tokens = stream_generate(model, input_ids, mask, self.config, cache=cache, detokenizers=self.rows, step_mode=step_mode)
+        self._iter = self._deltas()
+
+    def _deltas(self) -> Iterator[list[str]]:
+        before = [""] * len(self.rows)
+        for _ in self._tokens:
+            now = [d.text for d in self.rows]
+            yield [n[len(b) :] for n, b in zip(now, before)]
+            before = now
+        tail = [d.text[len(b) :] for d, b in zip(self.rows, before)]
+        if any(tail):
+            yield tail
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self._iter
+
+    def __next__(self) -> list[str]:
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop generating (the rows keep the text they have)."""
+        self._iter.close()
+        self._tokens.close()
+
+    @property
+    def completions(self) -> list[Completion]:
+        """Each row's final text, finish reason and generated tokens."""
+        return [Completion(d.text, d.finish_reason or "length", list(d.tokens)) for d in self.rows]
+
+
+def generate_text(model: FalconForCausalLM, tokenizer: Any, prompts: list[list[int]], config: GenerationConfig | None = None, **overrides: Any) -> list[Completion]:
+    """Generate from token-id prompts (batched, left-padded) and return each row's Completion."""
+    stream = TextStream(model, tokenizer, prompts, config, **overrides)
+    for _ in stream:
+        pass
+    return stream.completions

@@ -25,6 +25,11 @@ _AVAILABLE = hasattr(torch, "_weight_int8pack_mm")
 _ERROR_SCALE = 2.0  # >= 1.494, the rounding of w, of its bf16 scale and of the bf16 input (see above)
 _OUTPUT_REL = 2.0**-7  # bf16 rounding of the approximate logit, doubled
 _MAX_CANDIDATES = 4096
+# The CPU int8 kernel reads the inner dimension in blocks; for widths that are not a multiple of
+# 32 it returns garbage or crashes (measured on torch 2.13 for K = 8, 24, 40, 56, 100, 120), so the
+# screen is used only on widths the kernel handles, and each new shape is checked once on a probe.
+_K_MULTIPLE = 32
+_PROBE_TOLERANCE = 1e-2
 
 
 class HeadScreen:
@@ -42,8 +47,25 @@ class HeadScreen:
 
     @staticmethod
     def supports(weight: torch.Tensor) -> bool:
-        """Whether screening applies: an fp32 CPU head and a torch with the int8 kernel."""
-        return _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
+        """Whether screening applies: an fp32 CPU head whose width the int8 kernel handles, on a torch that has it."""
+        return (
+            _AVAILABLE
+            and weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and weight.dim() == 2
+            and weight.shape[0] > 0
+            and weight.shape[1] % _K_MULTIPLE == 0
+        )
+
+    def kernel_agrees(self) -> bool:
+        """Run the int8 kernel once on a probe and compare it with the same product done in fp32."""
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3, self.q.shape[1], generator=g).to(torch.bfloat16)
+        rows = torch.arange(min(self.q.shape[0], 256))
+        got = torch._weight_int8pack_mm(x, self.q[rows].contiguous(), self.scale_bf16[rows]).float()
+        want = x.float() @ (self.q[rows].float() * self.scale_bf16[rows].float()[:, None]).T
+        scale = want.abs().max().clamp_min(1e-6)
+        return bool(torch.isfinite(got).all()) and bool(((got - want).abs() <= _PROBE_TOLERANCE * scale).all())
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Exact argmax of hidden @ weight.T per row (B,), or None when the screen cannot narrow it down."""
@@ -52,7 +74,10 @@ class HeadScreen:
         err = l1 * self.scale_bound * _ERROR_SCALE + approx.abs() * _OUTPUT_REL + l1 * 1e-6
         best_lower = (approx - err).amax(dim=1, keepdim=True)
         candidates = (approx + err) >= best_lower
-        if int(candidates.sum(dim=1).max()) > _MAX_CANDIDATES:
+        counts = candidates.sum(dim=1)
+        # Fall back to the full head when the screen cannot narrow the pick (a flat distribution) or
+        # cannot be trusted (a non-finite score, e.g. from an overflowing hidden state).
+        if not bool(torch.isfinite(approx).all()) or int(counts.min()) < 1 or int(counts.max()) > _MAX_CANDIDATES:
             return None
         picks = []
         for row in range(hidden.shape[0]):
@@ -70,5 +95,15 @@ def screen_for(model: torch.nn.Module) -> HeadScreen | None:
     screen = getattr(model, "_head_screen", None)
     if screen is None or screen.key != (weight.data_ptr(), weight._version) or screen.weight is not weight:
         screen = HeadScreen(weight)
+        if not screen.kernel_agrees():
+            screen = _Unusable(weight)
         model._head_screen = screen
-    return screen
+    return None if isinstance(screen, _Unusable) else screen
+
+
+class _Unusable:
+    """Remembers that the kernel failed its probe for this weight, so the probe is not rerun every call."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+        self.key = (weight.data_ptr(), weight._version)

@@ -1,51 +1,17 @@
-"""Generation settings and the logits pipeline (repetition penalty, temperature, top-k, top-p), as transformers orders them."""
+"""Token picking: the logits pipeline (repetition penalty, temperature, top-k, top-p, in transformers' order) and the pick itself.
+
+Everything here runs on the logits' device with no host synchronisation. A sampled pick is an
+exponential race (argmax of p / E with E ~ Exp(1), drawn from the row's own generator), which
+draws exactly from p and lets each row keep its own seeded stream whatever else is in the batch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from falconlm.errors import FalconError
-
-
-@dataclass
-class GenerationConfig:
-    """How to pick new tokens. do_sample=False is greedy whatever the temperature (as in transformers)."""
-
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    eos_token_id: int | list[int] | None = None  # None -> the model config's
-    pad_token_id: int | None = None  # None -> the first eos id
-    stop_strings: list[str] = field(default_factory=list)
-    seed: int | None = None
-    # Greedy picks via an int8 screen of the LM head, then exact fp32 logits for the few candidates
-    # (generate/head_screen.py); the token is the same, the head reads a quarter of the bytes.
-    screen_head: bool = True
-
-    def validate(self) -> None:
-        """Raise FalconError on a setting that cannot work."""
-        if self.max_new_tokens < 0:
-            raise FalconError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise FalconError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise FalconError(f"top_k must be >= 0, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise FalconError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise FalconError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    @property
-    def eos_ids(self) -> list[int]:
-        """The stop token ids as a list."""
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+from falconlm.decoding.head_screen import HeadScreen
+from falconlm.decoding.settings import GenerationConfig
+from falconlm.model.linear import linear
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -59,9 +25,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 def warp(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) filtering; removed tokens get -inf."""
-    if cfg.temperature != 1.0:
+    if cfg.temperature not in (0.0, 1.0):
         logits = logits / cfg.temperature
-    if cfg.top_k:
+    if cfg.top_k is not None and cfg.top_k > 0:
         k = min(cfg.top_k, logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -74,10 +40,33 @@ def warp(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     return logits
 
 
-def next_tokens(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick one token per row from last-position logits (B, vocab)."""
+def next_tokens(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token per row of (B, vocab) logits under one config; `generators` holds one per row when sampling."""
     logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
-    if not cfg.do_sample:
+    if cfg.greedy:
         return logits.argmax(dim=-1)
     probs = warp(logits, cfg).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    race = torch.empty_like(probs)
+    for row, generator in enumerate(generators or [None] * probs.shape[0]):
+        race[row].exponential_(generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+class TokenPicker:
+    """Picks the next token of every row from final hidden states: the int8 head screen for plain greedy rows, full logits for the rest."""
+
+    def __init__(self, model: torch.nn.Module, screen: HeadScreen | None):
+        self.model = model
+        self.screen = screen
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full fp32 logits (B, vocab) of final hidden states (B, hidden)."""
+        return linear(hidden, self.model.lm_head.weight).float()
+
+    def pick(self, hidden: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor, generators: list[torch.Generator | None] | None) -> torch.Tensor:
+        """Next tokens (B,) for rows that share one config."""
+        if self.screen is not None and cfg.screen_head and not cfg.needs_full_logits:
+            exact = self.screen.argmax(hidden)
+            if exact is not None:
+                return exact
+        return next_tokens(self.logits(hidden), seen, cfg, generators)

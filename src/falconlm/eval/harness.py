@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from falconlm.decoding.generate import generate_text
+from falconlm.decoding.settings import GenerationConfig
 from falconlm.eval.scoring import score_continuations
-from falconlm.decoding.generate import generate
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.tokenizer.falcon import FalconTokenizer
 
@@ -93,22 +93,16 @@ class FalconLM(LM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = min(int(kwargs.pop("max_gen_toks", 256)), self.max_length - 1)
-            do_sample = bool(kwargs.pop("do_sample", False)) and float(kwargs.get("temperature", 1.0)) > 0
             ids = self.tok_encode(context)[-(self.max_length - max_new) :] or [self.eot_token_id]
-            out = generate(
-                self.model,
-                torch.tensor([ids]),
+            config = GenerationConfig(
                 max_new_tokens=max_new,
-                do_sample=do_sample,
-                temperature=float(kwargs.get("temperature", 1.0)) if do_sample else 1.0,
+                do_sample=bool(kwargs.get("do_sample", False)),
+                temperature=float(kwargs.get("temperature", 1.0)),
                 top_p=kwargs.get("top_p"),
                 top_k=kwargs.get("top_k"),
                 eos_token_id=self.eot_token_id,
                 stop_strings=until,
-                decode=self.tokenizer.decode,
+                seed=kwargs.get("seed"),
             )
-            text = self.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
-            for stop in until:
-                text = text.split(stop)[0]
-            results.append(text)
+            results.append(generate_text(self.model, self.tokenizer, [ids], config)[0].text)
         return results

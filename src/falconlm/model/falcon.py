@@ -1,6 +1,6 @@
 """The Falcon model: one config, three block styles, HF module names and the HF fused-QKV layout.
 
-Block styles (falcon-facts B, C.7):
+Block styles:
   Falcon-7B    parallel attention + MLP off one LayerNorm, multi-query (1 KV head)
   Falcon-40B   new_decoder_architecture: parallel, ln_attn + ln_mlp, grouped KV heads
   Falcon-RW    sequential, input/post_attention LayerNorms, multi-head, ALiBi, biases
@@ -72,11 +72,22 @@ def alibi_slopes(num_heads: int) -> torch.Tensor:
     return slopes
 
 
+_SLOPES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _device_slopes(num_heads: int, device: torch.device) -> torch.Tensor:
+    # Built once per device: a host-to-device copy cannot happen inside a CUDA graph capture.
+    key = (num_heads, torch.device(device))
+    if key not in _SLOPES:
+        _SLOPES[key] = alibi_slopes(num_heads).to(device).bfloat16()
+    return _SLOPES[key]
+
+
 def alibi_bias(config: FalconConfig, key_positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, H, 1, S) bias already divided by sqrt(head_dim): Falcon adds ALiBi before the 1/sqrt(d) scale,
-    with slopes rounded to bfloat16 (falcon-facts C.6)."""
-    slopes = alibi_slopes(config.num_attention_heads).to(key_positions.device)
-    bias = slopes[None, :, None].bfloat16() * key_positions[:, None, :]
+    with slopes rounded to bfloat16, as the released checkpoints were trained."""
+    slopes = _device_slopes(config.num_attention_heads, key_positions.device)
+    bias = slopes[None, :, None] * key_positions[:, None, :]
     return (bias.to(dtype) / math.sqrt(config.head_dim))[:, :, None, :]
 
 
@@ -99,7 +110,7 @@ class FalconAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
         b, t, _ = x.shape
-        # HF row layout: per KV group [q_0 .. q_{g-1}, k, v], head_dim rows each (falcon-facts C.2).
+        # HF row layout: per KV group [q_0 .. q_{g-1}, k, v], head_dim rows each.
         qkv = self.query_key_value(x).view(b, t, self.kv_heads, self.group + 2, self.head_dim)
         q = qkv[:, :, :, : self.group].reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.group].transpose(1, 2)
@@ -306,6 +317,35 @@ class FalconForCausalLM(nn.Module):
         for layer in self.transformer.h:
             x = layer(x, ctx)
         return self.transformer.ln_f(x)
+
+    def decode_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:
+        """The static-shape decode step: final hidden states (B, hidden) of one token per row written at cache slot `slot`.
+
+        Every shape is fixed by the cache (attention runs over all its slots under a validity
+        mask) and `slot` and the positions are device tensors, so nothing is read back to the host:
+        the same call can be captured once in a CUDA graph and replayed. Its tokens equal those of
+        `hidden_states` with the same cache (the masked slots add nothing).
+        """
+        ctx = _ForwardContext()
+        ctx.cache, ctx.slots = cache, cache.reserve_at(slot, position_ids)
+        if self.config.rotary:
+            ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, self.dtype)
+        allowed = cache.valid[:, None, None, :]
+        if self.config.alibi:
+            bias = alibi_bias(self.config, cache.positions * cache.valid, self.dtype)
+            ctx.mask = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
+        else:
+            ctx.mask = allowed
+        x = self.transformer.word_embeddings(input_ids)
+        for layer in self.transformer.h:
+            x = layer(x, ctx)
+        return self.transformer.ln_f(x)[:, -1]
+
+    @property
+    def has_static_decode(self) -> bool:
+        """Whether `decode_hidden` applies: not for dynamic NTK RoPE, whose base depends on the longest position (read on the host)."""
+        scaling = self.config.rope_scaling or {}
+        return scaling.get("rope_type", scaling.get("type", "default")) != "dynamic"
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         """A preallocated cache for `max_length` tokens per row."""

@@ -39,13 +39,27 @@ class KVCache:
         self.valid[:, start : self.length] = valid
         return slice(start, self.length)
 
-    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor, slots: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, kv_heads, T, D) keys/values into `slots`; return the filled prefix."""
+    def reserve_at(self, slot: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Claim slot `slot` (a 1-element device tensor) for a (B, 1) decode step of real tokens; shapes never change.
+
+        The static decode step writes here instead of `reserve`: its index lives on the device, so
+        the step runs without reading anything back to the host and a CUDA graph can replay it.
+        """
+        self.positions.index_copy_(1, slot, positions)
+        self.valid.index_fill_(1, slot, True)
+        return slot
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor, slots: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, kv_heads, T, D) keys/values into `slots`; return the filled prefix (every slot, for a tensor index)."""
+        if isinstance(slots, torch.Tensor):
+            self.keys[layer].index_copy_(2, slots, key)
+            self.values[layer].index_copy_(2, slots, value)
+            return self.keys[layer], self.values[layer]
         self.keys[layer, :, :, slots] = key
         self.values[layer, :, :, slots] = value
         return self.keys[layer, :, :, : slots.stop], self.values[layer, :, :, : slots.stop]
 
-    # ----- row management for continuous batching (serve/engine.py) -----
+    # ----- row management for continuous batching (decoding/engine.py) -----
     def rows(self, n: int) -> "KVCache":
         """A view of the first n rows that shares this cache's storage (copy `length` back after use)."""
         view = KVCache.__new__(KVCache)

@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from falconlm.tokenizer.chat_template import load_chat_template
+    from falconlm.decoding.engine import Engine
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.serve.app import create_app, served_name
-    from falconlm.decoding.engine import Engine
+    from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     if args.threads:

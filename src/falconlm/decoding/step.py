@@ -1,0 +1,89 @@
+"""The decode step: one new token per row through the model, from a preallocated KV cache.
+
+Three ways to run the same step, chosen by `mode`:
+- "eager": `model.hidden_states` over the filled part of the cache. The fastest on CPU, where
+  attention then reads only the slots in use and the matmuls are oneDNN GEMVs.
+- "static": `model.decode_hidden`: every shape fixed by the cache, the slot index and positions on
+  the device, no host synchronisation. Gives the tokens of "eager".
+- "graph": the static step captured once per batch size in a CUDA graph and replayed, so a decode
+  step costs one launch instead of a few hundred (batch-1 decode on a GPU is launch-bound).
+"auto" is "graph" on CUDA and "eager" elsewhere. A mode whose preconditions fail falls back to
+"eager" (CUDA graphs need a CUDA device; the static step needs a RoPE that is not dynamic NTK).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from falconlm.errors import FalconError
+from falconlm.model.kv_cache import KVCache
+
+MODES = ("auto", "eager", "static", "graph")
+
+
+def choose_mode(model: Any, mode: str = "auto") -> str:
+    """The mode that will actually run for this model: the requested one where its preconditions hold, else eager."""
+    if mode not in MODES:
+        raise FalconError(f"decode step mode must be one of {', '.join(MODES)}, got {mode!r}")
+    cuda = model.device.type == "cuda" and torch.cuda.is_available()
+    if mode == "auto":
+        mode = "graph" if cuda else "eager"
+    if mode == "graph" and not cuda:
+        mode = "eager"
+    if mode in ("static", "graph") and not model.has_static_decode:
+        mode = "eager"
+    return mode
+
+
+class _CapturedStep:
+    """One CUDA graph of the static step for one batch size over one cache's storage."""
+
+    def __init__(self, model: Any, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, pool: Any):
+        self.tokens, self.positions, self.slot = tokens.clone(), positions.clone(), slot.clone()
+        # Warm up on a side stream (allocator, cuBLAS workspaces) with the real inputs of this step:
+        # the cache writes are the ones the step makes anyway, so they are harmless to repeat.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model.decode_hidden(self.tokens, self.positions, cache, self.slot)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.hidden = model.decode_hidden(self.tokens, self.positions, cache, self.slot)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(positions)
+        self.slot.copy_(slot)
+        self.graph.replay()
+        return self.hidden
+
+
+class DecodeStep:
+    """Feeds one token per row, (B, 1) ids at (B, 1) positions, into the next cache slot; returns final hidden states (B, hidden)."""
+
+    def __init__(self, model: Any, mode: str = "auto"):
+        self.model = model
+        self.mode = choose_mode(model, mode)
+        self._graphs: dict[tuple[Any, ...], _CapturedStep] = {}
+        self._pool: Any = None
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if self.mode == "eager":
+            return self.model.hidden_states(tokens, position_ids=positions, cache=cache)[:, -1]
+        if cache.length >= cache.max_length:
+            raise FalconError(f"KV cache is full: {cache.length} + 1 tokens exceed its {cache.max_length} slots")
+        slot = torch.full((1,), cache.length, dtype=torch.long, device=tokens.device)
+        cache.length += 1
+        if self.mode == "static":
+            return self.model.decode_hidden(tokens, positions, cache, slot)
+        key = (tokens.shape[0], cache.keys.data_ptr(), tuple(cache.keys.shape), cache.valid.data_ptr())
+        captured = self._graphs.get(key)
+        if captured is None:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            captured = self._graphs[key] = _CapturedStep(self.model, cache, tokens, positions, slot, self._pool)
+        return captured(tokens, positions, slot)
