@@ -18,46 +18,50 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from falconlm.atomic import atomic_write_text
+from falconlm.configure import add_config_arguments, config_from_args, save_config
 
+CONFIG_FILE = "quickstart_config.yaml"  # the resolved config, in the run directory
 PROMPTS = ["The Debian package", "To install the", "The configuration file"]
 
 
 @dataclass
 class QuickstartConfig:
-    """The demo's sizes: small enough for a few minutes on 2 CPU cores."""
+    """The demo run: where it goes, and sizes small enough for a few minutes on 2 CPU cores."""
 
-    vocab_size: int = 2048
-    val_fraction: float = 0.15
-    hidden_size: int = 192
-    num_layers: int = 4
-    num_heads: int = 4
-    seq_len: int = 128
-    max_steps: int = 400
-    global_batch_size: int = 16
-    micro_batch_size: int = 16
-    lr: float = 3e-3
-    new_tokens: int = 40
-    workers: int = 2
+    out: str = "out/quickstart"  # run directory (rerun to resume)
+    extractor: Literal["trafilatura", "resiliparse"] = "resiliparse"  # HTML to text in the refine stage
+    progress_bar: bool = True  # progress bars (else logs only)
+    vocab_size: int = 2048  # tokenizer vocabulary
+    val_fraction: float = 0.15  # share of documents held out for evaluation
+    hidden_size: int = 192  # width of the tiny Falcon-7B-style model
+    num_layers: int = 4  # its blocks
+    num_heads: int = 4  # its attention heads
+    seq_len: int = 128  # tokens per training sequence (and the model's context)
+    max_steps: int = 400  # pretraining steps
+    global_batch_size: int = 16  # sequences per optimizer step
+    micro_batch_size: int = 16  # sequences per forward/backward
+    lr: float = 3e-3  # peak learning rate
+    new_tokens: int = 40  # tokens generated per sample prompt
+    workers: int = 2  # processes of the refine and tokenize stages
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the quickstart options."""
-    parser.add_argument("--out", default="out/quickstart", help="run directory (rerun to resume)")
-    parser.add_argument("--max-steps", type=int, default=QuickstartConfig.max_steps, help="pretraining steps")
-    parser.add_argument("--extractor", default="resiliparse", choices=["trafilatura", "resiliparse"])
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    """Declare the quickstart options: one per QuickstartConfig field, plus --config."""
+    add_config_arguments(parser, QuickstartConfig, aliases={"progress_bar": "--no-progress"})
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every stage that has not finished yet, then summarise."""
     from falconlm.errors import FalconError
 
-    cfg = QuickstartConfig(max_steps=args.max_steps)
-    out = Path(args.out)
+    cfg = config_from_args(QuickstartConfig, args)
+    out = Path(cfg.out)
     (out / "markers").mkdir(parents=True, exist_ok=True)
-    quiet = ["--no-progress"] if args.no_progress else []
+    save_config(cfg, out / CONFIG_FILE)
+    quiet = [] if cfg.progress_bar else ["--no-progress"]
     timings: dict[str, float] = {}
 
     def stage(name: str, argv: list[str]) -> None:
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         marker.write_text(json.dumps({"seconds": timings[name]}) + "\n")
 
     corpus = out / "refine" / "data"
-    stage("refine", ["refine", "--sample", "--out", str(out / "refine"), "--workers", str(cfg.workers), "--extractor", args.extractor, *quiet])
+    stage("refine", ["refine", "--sample", "--out", str(out / "refine"), "--workers", str(cfg.workers), "--extractor", cfg.extractor, *quiet])
     stage("train-tokenizer", ["train-tokenizer", str(corpus), "--vocab-size", str(cfg.vocab_size), "--out", str(out / "tokenizer")])
     stage("tokenize", ["tokenize", str(corpus), "--tokenizer", str(out / "tokenizer"), "--out", str(out / "tokens"), "--val-fraction", str(cfg.val_fraction), "--workers", str(cfg.workers)])
     model_config = _write_model_config(out, cfg)

@@ -8,37 +8,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from falconlm.configure import Derived, save_config
 from falconlm.errors import FalconError
 from falconlm.finetune.data import BAD_ACTIONS, OVERLONG_ACTIONS
 from falconlm.finetune.lora import LoRAConfig
 from falconlm.train.config import TrainConfig
 
-# TrainConfig values that differ for fine-tuning (flags override them). lr / min_lr depend on --lora
-# and seq_len on the model's context, so they are resolved in resolve().
-TRAIN_DEFAULTS: dict[str, Any] = dict(
-    global_batch_size=16, micro_batch_size=2, batch_rampup_tokens=0, weight_decay=0.0, z_loss=0.0,
-    eval_interval=0, save_interval=500, keep_last=2, log_interval=10,
-)
 FULL_LR, LORA_LR = 2e-5, 2e-4
+
+# TrainConfig values that differ for fine-tuning (flags and the YAML file override them). The ones
+# shown as Derived depend on other choices (LoRA or not, the model's context, the run's length) and
+# are filled by resolve() once the checkpoint is known.
+DEFAULTS: dict[str, Any] = {
+    "train.global_batch_size": 16, "train.micro_batch_size": 2, "train.batch_rampup_tokens": 0.0, "train.weight_decay": 0.0,
+    "train.z_loss": 0.0, "train.eval_interval": 0, "train.save_interval": 500, "train.keep_last": 2, "train.log_interval": 10,
+    "train.lr": Derived(f"{FULL_LR:g}, {LORA_LR:g} with --lora"), "train.min_lr": Derived("lr / 10"),
+    "train.seq_len": Derived("min(2048, the model's context)"), "train.warmup_tokens": Derived("--warmup-fraction of the run"),
+    "warmup_fraction": Derived("0.03 unless --warmup-tokens is given"),
+}
 
 
 @dataclass
 class FinetuneConfig:
     """A supervised fine-tuning run: base checkpoint, instruction data, LoRA or full weights, and the loop's TrainConfig."""
 
-    checkpoint: str  # base HF Falcon directory (weights, tokenizer.json, optional chat template)
-    data: list[str]  # JSONL(.gz) files of conversations
-    out: str
+    checkpoint: str  # base checkpoint directory (HF Falcon: config.json, safetensors, tokenizer.json, optional chat template)
+    data: list[str]  # JSONL(.gz) conversations: messages | instruction/input/output | prompt/response
+    out: str  # run directory (checkpoints/, metrics.jsonl, data_report.json, model/ or adapter/)
     val_data: list[str] = field(default_factory=list)  # held-out conversations, loss on their answer tokens
-    lora: LoRAConfig | None = None  # None = full fine-tuning
+    lora: LoRAConfig | None = None  # train low-rank adapters on frozen base weights; off = all weights
     packing: bool = True  # several samples per sequence, else one sample per right-padded sequence
-    on_overlong: str = "truncate"  # truncate | skip samples longer than a sequence
-    on_bad: str = "skip"  # skip | error on lines that are not usable samples
-    mix_pretrain: str | None = None  # token-shard directory of plain text mixed in (Falcon-Instruct style)
-    mix_fraction: float = 0.0  # share of training sequences that are plain-text windows
-    epochs: float = 3.0  # run length when neither max_steps nor max_tokens is set
-    warmup_fraction: float | None = 0.03  # warm-up as a share of the run (None: TrainConfig.warmup_tokens as given)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    on_overlong: str = field(default="truncate", metadata={"choices": OVERLONG_ACTIONS})  # a sample longer than a sequence
+    on_bad: str = field(default="skip", metadata={"choices": BAD_ACTIONS})  # a line that is no usable sample: report and skip, or stop
+    mix_pretrain: str | None = None  # token shards (`falconlm tokenize`, same tokenizer) of plain text mixed in (Falcon-Instruct style)
+    mix_fraction: float = 0.0  # share of training sequences that are plain-text windows (e.g. 0.05)
+    epochs: float = 3.0  # passes over the data when neither max_steps nor max_tokens is set
+    warmup_fraction: float | None = 0.03  # LR warm-up as a share of the run (None: train.warmup_tokens as given)
+    train: TrainConfig = field(default_factory=TrainConfig)  # the training loop, as `falconlm pretrain`
 
     def validate(self) -> None:
         """Raise FalconError on values that cannot work."""
@@ -67,23 +73,23 @@ class FinetuneConfig:
         """Plain dict for YAML."""
         return dataclasses.asdict(self)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML, atomically."""
-        import yaml
-
-        from falconlm.atomic import atomic_write_text
-
-        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return save_config(self, path)
 
 
-def train_config(checkpoint: str, out: str, lora: bool, max_position_embeddings: int, overrides: dict[str, Any]) -> TrainConfig:
-    """The loop's config: fine-tuning defaults, then the non-None flags; lr, min_lr and seq_len resolved."""
-    values = {**TRAIN_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    values.setdefault("lr", LORA_LR if lora else FULL_LR)
-    values.setdefault("min_lr", min(values["lr"], 0.1 * values["lr"]))
-    values.setdefault("seq_len", min(2048, max_position_embeddings))
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise FalconError(f"unknown training option(s): {', '.join(unknown)}")
-    return TrainConfig(model=checkpoint, out=out, **values)
+def resolve(cfg: FinetuneConfig, max_position_embeddings: int) -> FinetuneConfig:
+    """Fill what the command line left to be derived (None): lr and min_lr by LoRA or not, seq_len by the model's context, the warm-up."""
+    tc = cfg.train
+    tc.model, tc.out = cfg.checkpoint, cfg.out
+    if tc.lr is None:
+        tc.lr = LORA_LR if cfg.lora is not None else FULL_LR
+    if tc.min_lr is None:
+        tc.min_lr = min(tc.lr, 0.1 * tc.lr)
+    if tc.seq_len is None:
+        tc.seq_len = min(2048, max_position_embeddings)
+    if tc.warmup_tokens is None and cfg.warmup_fraction is None:
+        cfg.warmup_fraction = 0.03
+    if cfg.lora is not None:  # targets may also be given comma-separated, as `--lora-targets a,b`
+        cfg.lora.targets = [t.strip() for item in cfg.lora.targets for t in item.split(",") if t.strip()]
+    return cfg

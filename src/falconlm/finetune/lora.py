@@ -37,10 +37,10 @@ PEFT_PREFIX = "base_model.model."
 class LoRAConfig:
     """Rank, scale, dropout and the linear layers (by module name suffix) that get an adapter."""
 
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    rank: int = 8  # adapter rank r
+    alpha: float = 16.0  # scale alpha; the update is alpha/r * B A
+    dropout: float = 0.05  # dropout on the adapter input
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # layer names (module name suffixes)
 
     def validate(self) -> None:
         """Raise FalconError on values that cannot work."""

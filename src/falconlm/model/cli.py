@@ -4,39 +4,65 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
+
+from falconlm.configure import add_config_arguments, config_from_args
+
+
+@dataclass
+class InitModelConfig:
+    """A randomly initialised checkpoint: which architecture, where, in what precision."""
+
+    preset: str  # preset name (falcon-7b, tiny-40b, ...) or a config.json path
+    out: str  # directory to write
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    seed: int = 0  # seed of the initialisation
+    max_shard_size: str = "5GB"  # largest safetensors file; bigger models are sharded with an index
+    tokenizer: str | None = None  # directory whose tokenizer files are copied along
+    vocab_size: int | None = None  # override the preset's vocabulary size
+
+
+@dataclass
+class InspectConfig:
+    """The checkpoint or preset to describe."""
+
+    checkpoint: str  # checkpoint directory or preset name
+
+
+def _config_class(name: str) -> type:
+    """The config of `init-model` or `inspect`, by the parser's prog or the command's name."""
+    return InspectConfig if name.endswith("inspect") else InitModelConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of both subcommands (the parser's prog tells which one runs)."""
-    if parser.prog.endswith("inspect"):
-        parser.add_argument("checkpoint", help="checkpoint directory or preset name")
-        return
-    parser.add_argument("preset", help="preset name (falcon-7b, tiny-40b, ...) or a config.json path")
-    parser.add_argument("--out", required=True, help="directory to write")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-shard-size", default="5GB")
-    parser.add_argument("--tokenizer", default=None, help="directory whose tokenizer files are copied along")
-    parser.add_argument("--vocab-size", type=int, default=None, help="override the preset's vocabulary size")
+    cls = _config_class(parser.prog)
+    add_config_arguments(parser, cls, positional=("checkpoint" if cls is InspectConfig else "preset",))
+
+
+def config(args: argparse.Namespace) -> InitModelConfig | InspectConfig:
+    """The subcommand's config: defaults < --config file < flags."""
+    return config_from_args(_config_class(args.command), args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch on the subcommand name."""
     from falconlm.model.config import FalconConfig
 
-    if args.command == "inspect":
-        return _inspect(args.checkpoint)
+    cfg = config(args)
+    if isinstance(cfg, InspectConfig):
+        return _inspect(cfg.checkpoint)
     import torch
 
     from falconlm.model.checkpoint import parse_dtype
     from falconlm.model.falcon import build_model
 
-    config = FalconConfig.load(args.preset)
-    if args.vocab_size:
-        config = dataclasses.replace(config, vocab_size=args.vocab_size)
-    model = build_model(config, dtype=parse_dtype(args.dtype) or torch.float32, seed=args.seed)
-    model.save_pretrained(args.out, max_shard_size=args.max_shard_size, tokenizer_dir=args.tokenizer)
-    print(f"wrote a randomly initialised {args.preset} ({model.num_parameters() / 1e6:.1f}M parameters, {args.dtype}) to {args.out}")
+    model_config = FalconConfig.load(cfg.preset)
+    if cfg.vocab_size:
+        model_config = dataclasses.replace(model_config, vocab_size=cfg.vocab_size)
+    model = build_model(model_config, dtype=parse_dtype(cfg.dtype) or torch.float32, seed=cfg.seed)
+    model.save_pretrained(cfg.out, max_shard_size=cfg.max_shard_size, tokenizer_dir=cfg.tokenizer)
+    print(f"wrote a randomly initialised {cfg.preset} ({model.num_parameters() / 1e6:.1f}M parameters, {cfg.dtype}) to {cfg.out}")
     return 0
 
 

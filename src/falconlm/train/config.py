@@ -1,6 +1,7 @@
 """TrainConfig: every knob of a pretraining run, with the Falcon-7B recipe as defaults.
 
-Precedence: dataclass defaults < YAML file (`--config run.yaml`) < command-line flags. The
+`falconlm pretrain` fills it through falconlm.configure: dataclass defaults < YAML file
+(`--config run.yaml`) < command-line flags (one per field, help from the comments below). The
 resolved config is written as `run_config.yaml` next to the checkpoints.
 """
 
@@ -8,29 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from falconlm import configure
 from falconlm.errors import FalconError
 
-SAMPLING = ("random", "sequential")
-STRATEGIES = ("auto", "single", "ddp", "fsdp")
-PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16-true")
+Sampling = Literal["random", "sequential"]
+Strategy = Literal["auto", "single", "ddp", "fsdp"]
+Precision = Literal["auto", "fp32", "bf16-mixed", "bf16-true"]
+SAMPLING, STRATEGIES, PRECISIONS = typing.get_args(Sampling), typing.get_args(Strategy), typing.get_args(Precision)
 
 
 @dataclass
 class TrainConfig:
-    """A pretraining run. Defaults follow Falcon-7B (falcon-facts D); sizes are in sequences of seq_len."""
+    """A pretraining run. Defaults follow the Falcon-7B recipe; batch sizes are in sequences of seq_len tokens."""
 
     # what and where
-    model: str = "falcon-7b"  # preset name, config.json path, or checkpoint directory (weights are then loaded)
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # FalconConfig fields, e.g. {num_hidden_layers: 4}
+    model: str = "falcon-7b"  # preset name (e.g. tiny-7b, falcon-7b), config.json path, or checkpoint directory (weights are then loaded)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # FalconConfig fields, e.g. num_hidden_layers=4
     data: str = ""  # token-shard directory written by `falconlm tokenize`
-    out: str = "out/pretrain"
-    seed: int = 1234
+    out: str = "out/pretrain"  # run directory: checkpoints/, metrics.jsonl, run_config.yaml, loss_curve.png
+    seed: int = 1234  # seed of initialisation and data order
     # length and batch
-    seq_len: int = 2048
+    seq_len: int = 2048  # tokens per sequence
     global_batch_size: int = 2304  # sequences per optimizer step, after ramp-up
     micro_batch_size: int = 1  # sequences per forward/backward per rank
     batch_rampup_tokens: float = 30e9  # global batch grows linearly over this many tokens (0 = off)
@@ -38,35 +42,35 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps...
     max_tokens: float | None = None  # ...or after this many training tokens (the first reached)
     # optimizer (AdamW) and schedule
-    lr: float = 6e-4
-    min_lr: float = 1.2e-5
+    lr: float = 6e-4  # peak learning rate
+    min_lr: float = 1.2e-5  # final learning rate of the cosine
     warmup_tokens: float = 4e9  # linear warm-up from 0
     decay_tokens: float | None = None  # cosine ends here; None = the run's total tokens
-    weight_decay: float = 0.1  # on weight matrices only
+    weight_decay: float = 0.1  # AdamW weight decay, on weight matrices only
     decay_embeddings: bool = False  # also decay the (tied) embedding matrix
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # max global L2 norm; 0 = off
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # max global L2 norm of the gradients; 0 = off
     z_loss: float = 1e-4  # coefficient x mean(logsumexp(logits)^2)
     # execution
-    precision: str = "auto"  # auto: bf16-mixed on CUDA, fp32 on CPU
+    precision: Precision = "auto"  # auto: bf16-mixed on CUDA, fp32 on CPU
     device: str = "auto"  # auto | cpu | cuda
-    strategy: str = "auto"  # auto: ddp under torchrun, single otherwise; fsdp = FSDP2 fully_shard per block
-    activation_checkpointing: bool = False
-    compile: bool = False
+    strategy: Strategy = "auto"  # auto: ddp under torchrun, single otherwise; fsdp = FSDP2 fully_shard per block
+    activation_checkpointing: bool = False  # recompute block activations in backward
+    compile: bool = False  # torch.compile the training forward
     fused_loss: bool = True  # LM head + loss in token chunks, logits never kept (single process and DDP)
-    sampling: str = "random"  # random windows, or sequential windows through the token stream
+    sampling: Sampling = "random"  # random windows, or sequential windows through the token stream
     # logging, evaluation, checkpoints
-    log_interval: int = 10
+    log_interval: int = 10  # steps between console lines / metrics records
     eval_interval: int = 100  # held-out loss every N steps (0 = only at the end)
     eval_batches: int = 8  # micro-batches of held-out windows per evaluation
-    save_interval: int = 1000
-    keep_last: int = 3
-    resume: bool = False
-    tensorboard: bool = True  # when the tensorboard package is installed
-    peak_flops: float | None = None  # per device, for MFU; None = measured with a matmul at start
-    progress_bar: bool = True
+    save_interval: int = 1000  # steps between checkpoints (always one at the end)
+    keep_last: int = 3  # checkpoints to keep
+    resume: bool = False  # continue from the newest checkpoint in OUT/checkpoints
+    tensorboard: bool = True  # write TensorBoard logs (when the tensorboard package is installed)
+    peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = measured with a matmul at start
+    progress_bar: bool = True  # show a progress bar
 
     def validate(self, require_data: bool = True) -> None:
         """Raise FalconError on values that cannot work (require_data=False: batches come from elsewhere, e.g. fine-tuning)."""
@@ -90,49 +94,13 @@ class TrainConfig:
         """Plain dict for YAML/JSON."""
         return dataclasses.asdict(self)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML, atomically."""
-        import yaml
-
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, p)
+        return configure.save_config(self, path)
 
     @classmethod
     def from_sources(cls, yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> "TrainConfig":
-        """Defaults, then the YAML file, then the non-None overrides (command-line flags)."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            values.update(load_yaml(yaml_path))
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise FalconError(f"unknown training option(s): {', '.join(unknown)}")
-        cfg = cls(**values)
-        for f in dataclasses.fields(cls):
-            v = getattr(cfg, f.name)
-            # YAML writes 4e9 as a string unless it has a dot; coerce numerics to their declared types.
-            if isinstance(v, str) and f.type in ("float", "float | None", "int", "int | None"):
-                try:
-                    setattr(cfg, f.name, float(v) if "float" in f.type else int(float(v)))
-                except ValueError as exc:
-                    raise FalconError(f"{f.name} must be a number, got {v!r}") from exc
-        return cfg
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML run file into a dict with a clear error on bad syntax."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FalconError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise FalconError(f"{p} is not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise FalconError(f"{p} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        """Defaults, then the YAML file, then the non-None overrides: `--config` and flags, from Python."""
+        data = configure.load_yaml(yaml_path) if yaml_path else {}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        return configure.build(cls, data, given, source=str(yaml_path or "the config"))
