@@ -64,6 +64,7 @@ class Gen:
     top_p: float | None = None
     stop_strings: list[str] = field(default_factory=list)  # stop strings
     seed: int | None = None
+    eos_token_id: int | list[int] | None = None  # None: the model's
 
 
 def parse(cls: type, argv: list[str], **kwargs: Any) -> Any:
@@ -129,6 +130,10 @@ def test_generation_flags_with_a_command_default():
     assert re.search(r"--temperature FLOAT\s+0 = greedy \(default: 0.7\)", parser.format_help())
     args = parser.parse_args(["--max-new-tokens", "8", "--stop", "a", "--stop", "b", "--seed", "1", "--top-p", "0.9"])
     assert config_from_args(Gen, args) == Gen(max_new_tokens=8, temperature=0.7, top_p=0.9, stop_strings=["a", "b"], seed=1)
+    assert config_from_args(Gen, parser.parse_args(["--eos-token-id", "11"])).eos_token_id == 11
+    assert coerce([1, "2"], int | list[int] | None) == [1, 2] and coerce("7", int | list[int] | None) == 7
+    with pytest.raises(ValueError, match="expected int or list"):
+        coerce("x", int | list[int] | None)
 
 
 def test_errors_are_one_sentence(tmp_path):

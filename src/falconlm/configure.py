@@ -71,8 +71,9 @@ def field_help(cls: type) -> dict[str, str]:
 def _optional(hint: Any) -> tuple[Any, bool]:
     """(X, True) for `X | None`, else (hint, False)."""
     args = typing.get_args(hint)
-    if typing.get_origin(hint) in (Union, types.UnionType) and type(None) in args and len(args) == 2:
-        return next(a for a in args if a is not type(None)), True
+    if typing.get_origin(hint) in (Union, types.UnionType) and type(None) in args:
+        rest = tuple(a for a in args if a is not type(None))
+        return (rest[0] if len(rest) == 1 else Union[rest]), True
     return hint, False
 
 
@@ -110,6 +111,13 @@ def coerce(value: Any, hint: Any, choices: tuple | None = None) -> Any:
             return None
         raise ValueError("expected a value, got nothing")
     origin, args = typing.get_origin(inner), typing.get_args(inner)
+    if origin in (Union, types.UnionType):  # `int | list[int]`: the first member the value fits
+        for member in args:
+            try:
+                return coerce(value, member)
+            except ValueError:
+                pass
+        raise ValueError(f"expected {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, got {value!r}")
     if origin is Literal or choices:
         options = args if origin is Literal else choices
         match = [c for c in options if value == c or str(c) == str(value)]
