@@ -29,6 +29,7 @@ from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.hf_interop import to_transformers
 
 RESULTS: dict = {}
+HBM_BYTES_PER_S = 4.8e12  # NVIDIA H200 SXM peak memory bandwidth
 
 
 def save(out: Path) -> None:
@@ -188,25 +189,63 @@ def generation(device: torch.device, smoke: bool) -> dict:
         t_ours = timed(lambda: ours(ids, logits_to_keep=1), device)
         t_hf = timed(lambda: hf(ids, logits_to_keep=1), device)
         res[f"prefill_1x{plen}_tok_s"] = {"ours": plen / t_ours, "transformers": plen / t_hf, "ratio": t_hf / t_ours}
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     for batch in (1, 16):
         prompt = torch.randint(0, cfg.vocab_size, (batch, 128 if not smoke else 16), device=device)
 
-        def run_ours():
-            return generate(ours, prompt, max_new_tokens=new, eos_token_id=[])
+        def run_ours(mode: str = "auto"):
+            return generate(ours, prompt, max_new_tokens=new, eos_token_id=[], step_mode=mode)
 
         def run_hf():
             return hf.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
 
-        t_o = timed(run_ours, device, repeats=2)
+        t_eager = timed(lambda: run_ours("eager"), device, repeats=2)
+        t_graph = timed(lambda: run_ours("graph"), device, repeats=2)
         t_h = timed(run_hf, device, repeats=2)
-        same = torch.equal(run_ours(), run_hf()) if batch == 1 else None
-        res[f"decode_b{batch}_tok_s"] = {"ours": batch * new / t_o, "transformers": batch * new / t_h, "ratio": t_h / t_o, "greedy_equal": same}
+        entry = {
+            "ours_graph": batch * new / t_graph,
+            "ours_eager": batch * new / t_eager,
+            "transformers": batch * new / t_h,
+            "ratio_graph_vs_transformers": t_h / t_graph,
+            "graph_tokens_equal_eager": torch.equal(run_ours("graph"), run_ours("eager")),
+            "greedy_equal_transformers": torch.equal(run_ours(), run_hf()) if batch == 1 else None,
+        }
+        if device.type == "cuda":
+            # Batch-1 decode reads every weight once per token: tokens/s x bytes over the HBM peak.
+            entry["fraction_of_hbm_bandwidth"] = weight_bytes * entry["ours_graph"] / batch / HBM_BYTES_PER_S
+        res[f"decode_b{batch}_tok_s"] = entry
+    res["engine_16_requests"] = _engine_throughput(ours, cfg, device, new)
     if device.type == "cuda":
         res["weights_gb"] = sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e9
     del ours, hf
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def _engine_throughput(model: FalconForCausalLM, cfg: FalconConfig, device: torch.device, new: int) -> dict:
+    """16 greedy requests through the continuous-batching engine, eager steps vs CUDA-graph steps (same tokens)."""
+    from falconlm.decoding.engine import Engine, Sequence
+    from falconlm.decoding.settings import GenerationConfig
+
+    prompts = [torch.randint(12, cfg.vocab_size, (int(n),)).tolist() for n in torch.randint(8, 128, (16,))]
+    out = {}
+    for mode in ("eager", "graph"):
+        engine = Engine(model, tokenizer=None, max_batch_size=16, max_length=512, start=False, step_mode=mode)
+        engine.decode = lambda ids: ""  # no tokenizer: text is not needed to time decoding
+        seqs = [Sequence(p, GenerationConfig(max_new_tokens=new, ignore_eos=True, screen_head=False)) for p in prompts]
+        sync(device)
+        t0 = time.perf_counter()
+        engine.submit(seqs)
+        while not all(s.done.is_set() for s in seqs):
+            engine.step()
+        sync(device)
+        out[mode] = {"tok_s": 16 * new / (time.perf_counter() - t0), "tokens": [s.generated for s in seqs]}
+    return {
+        "eager_tok_s": out["eager"]["tok_s"],
+        "graph_tok_s": out["graph"]["tok_s"],
+        "graph_tokens_equal_eager": out["eager"]["tokens"] == out["graph"]["tokens"],
+    }
 
 
 def training(device: torch.device, smoke: bool) -> dict:

@@ -12,7 +12,7 @@ from falconlm.decoding.detokenizer import Decode, Detokenizer, text_decoder
 from falconlm.decoding.head_screen import screen_for
 from falconlm.decoding.sampling import TokenPicker
 from falconlm.decoding.settings import GenerationConfig, resolve, row_generator
-from falconlm.decoding.step import DecodeStep
+from falconlm.decoding.step import DecodeStep, decode_session
 from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.kv_cache import KVCache
@@ -32,22 +32,20 @@ def _check_inputs(model: FalconForCausalLM, input_ids: torch.Tensor, cfg: Genera
     return input_ids
 
 
-def _prefill(model: FalconForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor, padded: bool, cache: KVCache | None, max_new: int) -> tuple[torch.Tensor, KVCache, torch.Tensor]:
-    """Final hidden state of each row's last prompt token, the cache holding the prompt, and each row's next position (B, 1)."""
+def _prefill(model: FalconForCausalLM, input_ids: torch.Tensor, mask: torch.Tensor, padded: bool, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden state of each row's last prompt token (the cache then holds the prompt) and each row's next position (B, 1).
+
+    A cache that already holds tokens (one unpadded row: a chat's earlier turns) is reused up to the prompt's last token.
+    """
     b, t = input_ids.shape
     positions = (mask.long().cumsum(1) - 1).clamp_min(0)
-    if cache is None:
-        cache = model.new_cache(b, t + max_new)
+    if cache.length == 0:
         hidden = model.hidden_states(input_ids, attention_mask=mask if padded else None, position_ids=positions, cache=cache)[:, -1]
     else:
-        if b != 1 or padded:
-            raise FalconError("a reused cache serves one unpadded row")
-        if t + max_new > cache.max_length:
-            raise FalconError(f"prompt ({t}) + max_new_tokens ({max_new}) exceed the cache's {cache.max_length} slots")
         cache.length = min(cache.length, t - 1)  # at least the last prompt token is fed, for its logits
         done = cache.length
         hidden = model.hidden_states(input_ids[:, done:], position_ids=positions[:, done:], cache=cache)[:, -1]
-    return hidden, cache, positions[:, -1:] + 1
+    return hidden, positions[:, -1:] + 1
 
 
 def stream_generate(
@@ -90,8 +88,15 @@ def stream_generate(
     tokens[:, :t] = input_ids
     finished = torch.zeros(b, dtype=torch.bool, device=device)
     with torch.inference_mode():
-        hidden, cache, next_pos = _prefill(model, input_ids, mask, attention_mask is not None, cache, cfg.max_new_tokens)
-        step = DecodeStep(model, step_mode)
+        if cache is None:
+            cache, step = decode_session(model, b, t + cfg.max_new_tokens, step_mode)
+        else:
+            if b != 1 or attention_mask is not None:
+                raise FalconError("a reused cache serves one unpadded row")
+            if t + cfg.max_new_tokens > cache.max_length:
+                raise FalconError(f"prompt ({t}) + max_new_tokens ({cfg.max_new_tokens}) exceed the cache's {cache.max_length} slots")
+            step = DecodeStep(model, step_mode)
+        hidden, next_pos = _prefill(model, input_ids, mask, attention_mask is not None, cache)
         for i in range(cfg.max_new_tokens):
             new = picker.pick(hidden, cfg, tokens[:, : t + i], generators)
             new = torch.where(finished, torch.full_like(new, cfg.pad_token_id), new)

@@ -87,3 +87,31 @@ class DecodeStep:
                 self._pool = torch.cuda.graph_pool_handle()
             captured = self._graphs[key] = _CapturedStep(self.model, cache, tokens, positions, slot, self._pool)
         return captured(tokens, positions, slot)
+
+
+_LENGTH_BUCKET = 256  # graph-mode caches are allocated in steps of this many slots, so calls of similar length share graphs
+_KEPT_SESSIONS = 4
+
+
+def decode_session(model: Any, batch: int, length: int, mode: str = "auto") -> tuple[KVCache, DecodeStep]:
+    """A fresh (empty) KV cache for `batch` rows of `length` tokens and the decode step to run over it.
+
+    In graph mode the cache and its step (with the graphs it has captured) are kept on the model,
+    per batch size and length bucket, and handed out again emptied: a later call of the same shape
+    replays graphs already captured instead of capturing new ones. Elsewhere both are new.
+    """
+    step = DecodeStep(model, mode)
+    if step.mode != "graph":
+        return model.new_cache(batch, length), step
+    slots = -(-length // _LENGTH_BUCKET) * _LENGTH_BUCKET
+    sessions: dict[tuple[int, int], tuple[KVCache, DecodeStep]] = model.__dict__.setdefault("_decode_sessions", {})
+    key = (batch, slots)
+    if key not in sessions:
+        if len(sessions) >= _KEPT_SESSIONS:
+            sessions.pop(next(iter(sessions)))
+        sessions[key] = (model.new_cache(batch, slots), step)
+    cache, step = sessions.pop(key)
+    sessions[key] = (cache, step)  # most recently used last
+    cache.valid.zero_()
+    cache.length = 0
+    return cache, step
