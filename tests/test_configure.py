@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -123,6 +124,22 @@ def test_nested_and_optional_sections(tmp_path):
     assert (g.temperature, g.top_k) == (0.2, 5)
 
 
+def test_two_configs_on_one_parser(tmp_path):
+    """A command may hold several configs: each reads its own flags and YAML keys, unknown keys still caught."""
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Toy)
+    add_config_arguments(parser, Gen, section="gen")
+    add_config_arguments(parser, Inner)
+    y = tmp_path / "both.yaml"
+    y.write_text("out: o\ndepth: 4\ngen: {seed: 3}\n")
+    args = parser.parse_args(["--config", str(y), "--gen.top-k", "2", "--steps", "5"])
+    assert config_from_args(Toy, args).steps == 5 and config_from_args(Inner, args).depth == 4
+    assert (config_from_args(Gen, args, section="gen").seed, config_from_args(Gen, args, section="gen").top_k) == (3, 2)
+    y.write_text("out: o\ndepht: 4\n")
+    with pytest.raises(FalconError, match="unknown key depht"):
+        config_from_args(Toy, parser.parse_args(["--config", str(y)]))
+
+
 def test_generation_flags_with_a_command_default():
     """The flags of generate/chat/serve: --stop repeatable, and chat's own temperature in the help and the config."""
     parser = argparse.ArgumentParser()
@@ -233,7 +250,8 @@ def test_help_lists_every_field_once_with_its_default(command, monkeypatch):
     entries = _help_entries(parser.format_help())
     specs = parser.get_default(configure.SPECS)
     expected = 2  # -h and --config
-    for section, spec in specs.items():
+    for spec in specs.values():
+        section = spec["section"]
         for leaf in configure.leaves(spec["cls"]):
             if leaf.path in spec["skip"]:
                 continue
@@ -242,7 +260,7 @@ def test_help_lists_every_field_once_with_its_default(command, monkeypatch):
             found = [h for names, h in entries if canonical in names]
             assert len(found) == 1, f"{command}: {canonical} listed {len(found)} times"
             default = spec["defaults"].get(leaf.path, leaf.default)
-            tail = "(required)" if default is configure.dataclasses.MISSING else f"(default: {configure.show(default)})"
+            tail = "(required)" if default is dataclasses.MISSING else f"(default: {configure.show(default)})"
             assert found[0].endswith(tail), f"{command}: {canonical} help {found[0]!r} does not end with {tail!r}"
     assert len(entries) == expected, f"{command}: {len(entries)} arguments, {expected} expected (a flag not made from the config?)"
 

@@ -248,23 +248,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, section: st
             metavar = None if choices else {int: "INT", float: "FLOAT"}.get(inner, name)
             parser.add_argument(*flags, dest=dest, type=_type(leaf.hint, leaf.choices), choices=choices, metavar=metavar, **kwargs)
         options[leaf.path] = flags
-    specs = {**(parser.get_default(SPECS) or {}), section: dict(cls=cls, defaults=defaults, skip=skip, options=options)}
-    parser.set_defaults(**{SPECS: specs})
+    spec = dict(cls=cls, section=section, defaults=defaults, skip=skip, options=options)
+    parser.set_defaults(**{SPECS: {**(parser.get_default(SPECS) or {}), section or cls.__qualname__: spec}})
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, section: str | None = None, yaml_section: str | None = None) -> T:
     """Build `cls` from the command's defaults, then the `--config` file, then the flags given on the command line.
 
     The YAML file's `yaml_section` key (default: the section) fills `cls`; without either, the whole file
-    does, except the keys that name the sections of the command's other configs.
+    does, except the keys of the command's other configs (their sections, or their fields when they have none).
     """
-    specs = getattr(args, SPECS, None) or {}
-    spec = specs.get(section, {})
+    specs = (getattr(args, SPECS, None) or {}).values()
+    spec = next((s for s in specs if s["cls"] is cls and s["section"] == section), {})
     data: dict = {}
     if getattr(args, "config", None):
         data = load_yaml(args.config)
         key = yaml_section or section
-        data = (data.get(key) or {}) if key else {k: v for k, v in data.items() if k not in specs}
+        others = {s["section"] or f.name for s in specs if s is not spec for f in dataclasses.fields(s["cls"])}
+        data = (data.get(key) or {}) if key else {k: v for k, v in data.items() if k not in others}
     dests = {leaf.path: f"{section}.{leaf.path}" if section else leaf.path for leaf in leaves(cls)}
     given = {path: getattr(args, dest) for path, dest in dests.items() if hasattr(args, dest)}
     flags = {path: opts[1] if len(opts) > 1 and not opts[1].startswith("--no-") else opts[0] for path, opts in spec.get("options", {}).items()}
