@@ -48,3 +48,15 @@ def loaded(tiny_ckpt):
     return FalconForCausalLM.from_pretrained(tiny_ckpt).eval(), FalconTokenizer.load(tiny_ckpt)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Decoding and serving tests run tiny models on one intra-op thread (thread hand-offs cost more than their matmuls)."""
+    if request.path.parent.name not in ("decoding", "serve"):
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

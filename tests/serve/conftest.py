@@ -11,17 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # serve_helpers, under
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode fastest on one intra-op thread (thread hand-offs cost more than the matmuls on a busy box)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def make_app(loaded):
     """make_app(**engine_kwargs) -> (app, engine) over the tiny-7b model; engines are closed after the test."""
