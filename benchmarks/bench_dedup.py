@@ -111,12 +111,9 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
     import falconlm.data.dedup.exact_stage as es
     import falconlm.data.dedup.minhash_stage as ms
     import falconlm.data.dedup.url as us
-    from falconlm.data.dedup.common import Resources
-    from falconlm.data.dedup.exact_substring import ExactSubstringConfig
-    from falconlm.data.dedup.minhash import MinHashConfig
-    from falconlm.data.dedup.stages import DedupConfig, run_dedup
-    from falconlm.data.dedup.url import UrlDedupConfig
+    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources, UrlDedupConfig
     from falconlm.data.executor import ExecConfig
+    from falconlm.data.refine import run_refine
 
     times: dict[str, float] = {}
     for mod in (ms, es, us):
@@ -138,7 +135,7 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
         cfg.url = UrlDedupConfig()
     t0 = time.perf_counter()
     # report=False: the HTML/PNG report (matplotlib) is not dedup work and the peers make none
-    run_dedup(shards, work, cfg, ExecConfig(workers=1, progress=False), verbose=False, report=False)
+    run_refine(shards, work, "dedup", RefineConfig(dedup=cfg), ExecConfig(workers=1, progress=False), report=False)
     total = time.perf_counter() - t0
     removed, cut = [], 0
     for p in sorted((work / "removed").rglob("*.jsonl")):
@@ -387,11 +384,9 @@ def memory_scaling(quick: bool) -> dict:
     import falconlm.data.dedup.exact_stage as es
     import falconlm.data.dedup.minhash_stage as ms
     import falconlm.data.dedup.url as us
-    from falconlm.data.dedup.common import Resources
-    from falconlm.data.dedup.exact_substring import ExactSubstringConfig
-    from falconlm.data.dedup.minhash import MinHashConfig
-    from falconlm.data.dedup.stages import DedupConfig, run_dedup
+    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources
     from falconlm.data.executor import ExecConfig
+    from falconlm.data.refine import run_refine
 
 
     current: dict[str, float] = {}
@@ -412,7 +407,7 @@ def memory_scaling(quick: bool) -> dict:
         cfg = DedupConfig(minhash=MinHashConfig.preset("refinedweb"), exact_substring=ExactSubstringConfig(), resources=Resources(memory_mb=8))
         current.clear()
         tracemalloc.start()
-        run_dedup(shards, CACHE / "work" / f"scale-{mult}", cfg, ExecConfig(workers=1, progress=False), verbose=False)
+        run_refine(shards, CACHE / "work" / f"scale-{mult}", "dedup", RefineConfig(dedup=cfg), ExecConfig(workers=1, progress=False))
         tracemalloc.stop()
         n = sum(1 for p in shards for _ in open(p, encoding="utf-8"))
         out[str(n)] = {k: round(v, 1) for k, v in current.items()}

@@ -46,14 +46,14 @@ def cpu_seconds() -> float:
 
 def ours(warc: Path, extractor: str, limit: int | None) -> dict:
     """Run falconlm's filter steps; returns timing, kept ids and the English texts before Gopher."""
+    from falconlm.data.config import RefineConfig
     from falconlm.data.extract import ExtractConfig
-    from falconlm.data.filter_stage import build_filter_steps
     from falconlm.data.readers import ReaderOptions, read_documents
-    from falconlm.data.recipes import RefineConfig
+    from falconlm.data.recipes import build_recipe
     from falconlm.data.step import StepStats, run_steps
 
     cfg = replace(RefineConfig(), extract=ExtractConfig(extractor=extractor), reader=ReaderOptions(limit=limit))
-    steps = build_filter_steps(cfg)  # models and lists load here, outside the timed region
+    steps = build_recipe("refinedweb-filter", cfg)[0].build_steps()  # models and lists load here, outside the timed region
     english: list[tuple[str, str]] = []
 
     class Tap:

@@ -45,6 +45,15 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     return removed
 
 
+def remove_stale_temps_tree(root: str | os.PathLike) -> int:
+    """`remove_stale_temps` in `root` and every folder below it (a resumed run's whole directory)."""
+    removed = 0
+    for folder, dirs, _files in os.walk(root):
+        removed += remove_stale_temps(folder)
+        dirs[:] = [d for d in dirs if not is_temp(d)]  # removed just now; nothing to walk into
+    return removed
+
+
 def _fsync_path(path: Path) -> None:
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
     try:

@@ -37,3 +37,25 @@ def test_cli_errors_are_one_clear_sentence(tmp_path, capsys):
     assert "unknown recipe" in capsys.readouterr().err
     assert main(["refine"]) == 1
     assert "give at least one INPUT" in capsys.readouterr().err
+
+
+def test_dedup_settings_are_typed_fields_of_the_config(tmp_path):
+    import argparse
+
+    from falconlm.data.cli import add_arguments, build_config
+    from falconlm.data.config import DedupConfig, MinHashConfig, RefineConfig
+
+    yaml_file = tmp_path / "rw.yaml"
+    yaml_file.write_text("quality:\n  min_doc_words: 30\ndedup:\n  exact_substring: null\n  resources:\n    memory_mb: 64\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["x.warc.gz", "--config", str(yaml_file), "--set", "dedup.minhash.bands=14",
+                         "--set", "dedup.minhash.rows=8", "--set", "dedup.url=none", "--slices-per-file", "3"])
+    cfg = build_config(args)
+    assert isinstance(cfg, RefineConfig) and isinstance(cfg.dedup, DedupConfig)
+    assert cfg.dedup.minhash == MinHashConfig(bands=14, rows=8)
+    assert cfg.dedup.exact_substring is None and cfg.dedup.url is None
+    assert cfg.dedup.resources.memory_mb == 64 and cfg.quality.min_doc_words == 30 and cfg.slices_per_file == 3
+    # a section that is off is switched back on by setting one of its fields
+    args = p.parse_args(["x.warc.gz", "--config", str(yaml_file), "--set", "dedup.exact_substring.min_tokens=40"])
+    assert build_config(args).dedup.exact_substring.min_tokens == 40

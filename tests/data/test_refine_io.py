@@ -186,3 +186,18 @@ def test_slices_count_skipped_records_once(tmp_path):
     for k in range(3):
         list(read_documents(path, ReaderOptions(slice_index=k, num_slices=3), total))
     assert total.dropped["malformed_record"] == 1 and total.docs_out == 4
+
+
+def test_expand_inputs_skips_hidden_files_and_reads_corpus_text(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jsonl").write_text('{"text": "one"}\n')
+    (tmp_path / "d" / ".a.jsonl.tmp-12").write_text("partial")  # an unfinished write
+    (tmp_path / "d" / "._b.jsonl").write_text("sidecar")
+    (tmp_path / "d" / "notes.txt").write_text("a whole\nfile")
+    assert [p.name for p in expand_inputs([str(tmp_path / "d")])] == ["a.jsonl"]
+    from falconlm.data.readers import CORPUS_SUFFIXES
+
+    files = expand_inputs([str(tmp_path / "d")], suffixes=CORPUS_SUFFIXES)
+    assert [p.name for p in files] == ["a.jsonl", "notes.txt"]
+    docs, st = read_all(files[1])
+    assert [(d.id, d.text) for d in docs] == [("notes.txt", "a whole\nfile")] and st.docs_out == 1

@@ -11,7 +11,7 @@ import pytest
 from falconlm.data.cli import sample_path
 from falconlm.data.executor import ExecConfig
 from falconlm.data.extract import ExtractConfig
-from falconlm.data.recipes import RefineConfig
+from falconlm.data.config import RefineConfig
 from falconlm.data.refine import run_refine
 
 
@@ -39,6 +39,8 @@ def local_run(inputs, tmp_path_factory):
     return outputs(out)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ray_executor_matches_local(inputs, local_run, tmp_path):
     ray = pytest.importorskip("ray")
     out = tmp_path / "ray"
@@ -56,3 +58,35 @@ def test_process_pool_matches_in_process(inputs, local_run, tmp_path):
     out = tmp_path / "pool"
     run_refine([inputs], out, recipe="refinedweb-filter", config=CFG, exec_config=ExecConfig(workers=2, progress=False))
     assert outputs(out) == local_run
+
+
+def test_refine_command_starts_ray_once(tmp_path, monkeypatch, capsys):
+    """The full recipe (filter + the dedup stages' ten sub-stages) shares one Ray session, shut down at the end."""
+    ray = pytest.importorskip("ray")
+    from falconlm.cli import main
+
+    calls = {"init": 0, "shutdown": 0}
+    real_init, real_shutdown = ray.init, ray.shutdown
+
+    def init(*args, **kwargs):
+        calls["init"] += 1
+        return real_init(*args, **kwargs)
+
+    def shutdown(*args, **kwargs):
+        calls["shutdown"] += 1
+        return real_shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    out = tmp_path / "out"
+    try:
+        rc = main(["refine", "--sample", "--out", str(out), "--executor", "ray", "--workers", "2",
+                   "--extractor", "resiliparse", "--no-progress"])
+    finally:
+        if ray.is_initialized():
+            real_shutdown()
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    stages = {p.name for p in (out / "markers").iterdir()}
+    assert {"filter", "minhash-signatures", "exact-cut", "url-filter"} <= stages and len(stages) == 11
+    assert calls == {"init": 1, "shutdown": 1}
+    assert not ray.is_initialized()

@@ -15,7 +15,7 @@ import pytest
 
 from falconlm.data.cli import sample_path
 from falconlm.data.refine import run_refine
-from falconlm.data.recipes import RefineConfig
+from falconlm.data.config import RefineConfig
 from falconlm.data.executor import ExecConfig
 from falconlm.errors import FalconError
 
@@ -42,6 +42,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
     return snap
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_is_byte_identical(shards, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     clean = tmp_path / "clean"

@@ -13,7 +13,7 @@ import pytest
 from falconlm.data.cli import sample_path
 from falconlm.data.executor import ExecConfig
 from falconlm.data.extract import ExtractConfig
-from falconlm.data.recipes import RefineConfig
+from falconlm.data.config import RefineConfig
 from falconlm.data.refine import run_refine
 
 

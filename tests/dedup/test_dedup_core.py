@@ -144,7 +144,7 @@ def test_union_find_roots_are_cluster_minima():
 
 def test_dedup_package_does_not_import_torch():
     code = (
-        "import sys; import falconlm.data.dedup, falconlm.data.dedup.stages, falconlm.data.dedup.cli, "
+        "import sys; import falconlm.data.dedup, falconlm.data.dedup.estimate, falconlm.data.dedup.cli, "
         "falconlm.data.dedup.minhash_stage, falconlm.data.dedup.exact_stage, falconlm.data.dedup.url; "
         "print('torch' in sys.modules)"
     )

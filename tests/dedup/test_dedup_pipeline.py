@@ -19,16 +19,17 @@ from falconlm.data.dedup.exact_substring import ExactSubstringConfig
 from falconlm.data.dedup.merge import GroupFirsts, merge_groups, merge_sorted
 from falconlm.data.dedup.minhash import MinHashConfig
 from falconlm.data.dedup.records import HEADER_SIZE, KEY_DOC, RecordReader, write_records
-from falconlm.data.dedup.stages import DedupConfig, run_dedup
+from falconlm.data.config import DedupConfig, RefineConfig
 from falconlm.data.dedup.url import UrlDedupConfig, normalize_url
 from falconlm.data.executor import ExecConfig
+from falconlm.data.refine import run_refine
 from falconlm.errors import FalconError
 
 QUIET = ExecConfig(workers=1, progress=False)
 
 
 def _run(inputs, out, config, exec_config=QUIET):
-    return run_dedup(inputs, out, config, exec_config, verbose=False)
+    return run_refine(inputs, out, "dedup", RefineConfig(dedup=config), exec_config).stats
 
 
 def test_minhash_refinedweb_recall_and_precision(fixture_corpus, tmp_path, read_output):
@@ -144,7 +145,7 @@ def test_resume_after_failure_in_every_stage_is_byte_identical(small_corpus, tmp
                 if calls["n"] == min(2, len(list(ms.band_groups(14, 3)))) or _stage in ("minhash-clusters", "url-decide"):
                     # leave a half-written temp file behind, as a killed writer would
                     (out / "data").mkdir(parents=True, exist_ok=True)
-                    (out / "data" / "00001.jsonl.zst.tmp-999").write_bytes(b"partial")
+                    (out / "data" / ".00001.jsonl.zst.tmp-999").write_bytes(b"partial")
                     raise RuntimeError("simulated crash")
             return real(task, marker_dir)
 
@@ -152,8 +153,7 @@ def test_resume_after_failure_in_every_stage_is_byte_identical(small_corpus, tmp
         with pytest.raises(FalconError, match="simulated crash"):
             _run(shards, out, _full_config())
         monkeypatch.setattr(ex, "execute_task", real)
-        (out / "data" / "00001.jsonl.zst.tmp-999").unlink(missing_ok=True)
-        resumed = _run(shards, out, _full_config())
+        resumed = _run(shards, out, _full_config())  # also clears the temp file the crash left
         assert _tree(out) == ref_tree, stage
         assert resumed["steps"] == ref["steps"], stage
     del es, us
@@ -181,6 +181,8 @@ def _tree_data(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "data").iterdir())}
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ray_executor_matches_local(small_corpus, tmp_path):
     pytest.importorskip("ray")
     shards, _ = small_corpus
@@ -292,17 +294,18 @@ def test_cli_errors_and_estimate(tmp_path, capsys):
 
 
 def test_refinedweb_recipe_appends_dedup_stages(small_corpus, tmp_path, read_output):
-    from falconlm.data.recipes import RefineConfig, StageContext, build_recipe
+    from falconlm.data.recipes import build_recipe
+    from falconlm.data.stage import StageContext
 
-    cfg = RefineConfig(dedup={"minhash": {"bands": 14, "rows": 8}, "exact_substring": {"part_tokens": 5000}})
+    cfg = RefineConfig(dedup=DedupConfig(minhash=MinHashConfig(bands=14, rows=8), exact_substring=ExactSubstringConfig(part_tokens=5000)))
     stages = build_recipe("refinedweb", cfg)
     assert [s.name for s in stages][-3:] == ["minhash", "exact_substring", "url_dedup"]
     assert [s.name for s in build_recipe("refinedweb-filter", cfg)] == [s.name for s in stages][:-3]
-    # the dedup stages run with the refine pipeline's own StageContext
+    # the dedup stages run with the refine pipeline's own StageContext (reading shards with the standard keys)
     shards, _ = small_corpus
     current = list(shards)
     for k, stage in enumerate(stages[-3:]):
-        ctx = StageContext(tmp_path, QUIET, cfg, last=(k == 2))
+        ctx = StageContext(tmp_path, QUIET, last=(k == 2))
         res = stage.run(current, ctx)
         current = res.outputs
         assert res.stats[0]["name"] == stage.name and res.stats[0]["docs_out"] <= res.stats[0]["docs_in"]

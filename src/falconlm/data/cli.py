@@ -1,4 +1,6 @@
-"""`falconlm refine`: raw web pages (WARC / JSONL / Parquet) -> clean, filtered text shards."""
+"""`falconlm refine`: raw web pages (WARC / JSONL / Parquet) -> clean, filtered text shards.
+
+Parse the flags, fill the RefineConfig dataclass (config.py), call the runner (refine.py)."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="output_format", default=None, help="jsonl.zst (default), jsonl.gz, jsonl, parquet")
     p.add_argument("--keep-dropped", action="store_true", help="also write dropped documents with their reason")
     p.add_argument("--text-key", default=None, help="text field of JSONL/Parquet inputs (default text)")
-    p.add_argument("--slices-per-file", type=int, default=1, help="split each input file into N tasks")
+    p.add_argument("--slices-per-file", type=int, default=None, help="split each input file into N tasks (default 1)")
     p.add_argument("--config", default=None, help="YAML file filling the RefineConfig dataclass")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -94,6 +96,9 @@ def _set(obj: Any, parts: list[str], value: Any, key: str) -> Any:
         v = _coerce(value, typ) if isinstance(value, str) else _to_tuple(value)
         return dataclasses.replace(obj, **{parts[0]: v})
     child = getattr(obj, parts[0])
+    if child is None:  # an optional section that is off (a dedup method): setting a field turns it on
+        inner = [a for a in typing.get_args(typing.get_type_hints(type(obj))[parts[0]]) if dataclasses.is_dataclass(a)]
+        child = inner[0]() if inner else None
     if not dataclasses.is_dataclass(child):
         raise FalconError(f"setting {key!r}: {parts[0]} is not a section")
     return dataclasses.replace(obj, **{parts[0]: _set(child, parts[1:], value, key)})
@@ -102,7 +107,7 @@ def _set(obj: Any, parts: list[str], value: Any, key: str) -> Any:
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "dedup":
+        if isinstance(v, dict):
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -111,7 +116,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Any:
     """RefineConfig from --config YAML, then the dedicated flags, then --set overrides."""
-    from falconlm.data.recipes import RefineConfig
+    from falconlm.data.config import RefineConfig
 
     cfg = RefineConfig()
     if args.config:
@@ -137,6 +142,8 @@ def build_config(args: argparse.Namespace) -> Any:
         flags["keep_dropped"] = True
     if args.text_key:
         flags["reader.text_key"] = args.text_key
+    if args.slices_per_file is not None:
+        flags["slices_per_file"] = args.slices_per_file
     cfg = apply_overrides(cfg, flags)
     sets = {}
     for item in args.set:
@@ -151,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the recipe and print the summary."""
     from falconlm.data.executor import ExecConfig
     from falconlm.data.refine import run_refine
-    from falconlm.data.report import summary_text
     from falconlm.data.writers import FORMATS
 
     inputs = list(args.inputs)
@@ -168,17 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if config.output_format not in FORMATS:
         raise FalconError(f"--format {config.output_format}: choose one of {', '.join(FORMATS)}")
     recipe = "refinedweb-filter" if args.no_dedup else args.recipe
-    res = run_refine(
-        inputs,
-        out,
-        recipe=recipe,
-        config=config,
-        exec_config=ExecConfig(
-            workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress
-        ),
-        slices_per_file=args.slices_per_file,
-    )
-    print(summary_text(res.stats))
-    print(f"\n{len(res.outputs)} shard(s) in {res.out_dir / 'data'}; stats: {res.out_dir / 'stats.json'}; "
-          f"report: {res.out_dir / 'report.html'}  ({res.stats['runtime']['seconds']:.1f} s)")
+    exec_config = ExecConfig(workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress)
+    res = run_refine(inputs, out, recipe=recipe, config=config, exec_config=exec_config)
+    print(res.summary())
     return 0

@@ -3,8 +3,8 @@
 A *task* is any picklable object with
   - `id: str`          stable across runs (it names the completion marker),
   - `size_bytes: int`  input size, for the MB/s bar and ETA (0 if unknown),
-  - `run() -> dict`    does the work; it must write its outputs atomically (temp name + rename,
-                       see `writers.ShardWriter`) BEFORE returning. The returned dict must be
+  - `run() -> dict`    does the work; it must write its outputs atomically (`falconlm.atomic`,
+                       or `writers.ShardWriter` for shards) BEFORE returning. The returned dict must be
                        JSON-serialisable (e.g. {"stats": [StepStats.to_dict(), ...], ...}).
 Inside `run`, call `report_progress(docs=..., nbytes=...)` now and then to move the progress bar.
 
@@ -17,11 +17,13 @@ signatures) is simply a later stage whose tasks read the earlier stage's outputs
 
 Plugging a new stage in: build your tasks (dataclasses with id/size_bytes/run), wrap them in
 `Stage("my-stage", tasks, marker_dir=out/"markers"/"my-stage")` and call
-`run_stage(stage, ExecConfig(workers=..., executor=...))`. See `recipes.py` for how stages chain.
+`run_stage(stage, ExecConfig(workers=..., executor=...))`. Recipe stages (stage.py) are built of
+such stages; the runner (refine.py) chains them and holds one `ray_session` for all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -29,11 +31,12 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from falconlm.atomic import atomic_write_text
 from falconlm.errors import FalconError
 
 
@@ -59,11 +62,11 @@ class Stage:
 class ExecConfig:
     """How tasks run: local processes or Ray, how many at once, whether to show a bar."""
 
-    workers: int = 1
-    executor: str = "local"  # "local" | "ray"
-    ray_address: str | None = None  # None: start a local Ray instance
-    progress: bool = True
-    max_task_retries: int = 0
+    workers: int = 1  # tasks at once (processes, or Ray CPUs of a local Ray instance)
+    executor: Literal["local", "ray"] = "local"  # local processes, or a Ray cluster
+    ray_address: str | None = None  # an existing Ray cluster; None: start a local Ray instance
+    progress: bool = True  # progress bars and the tables stages print; False: a quiet run
+    max_task_retries: int = 0  # Ray: retries of a task whose worker died
 
 
 # ---------------------------------------------------------------------------- progress plumbing
@@ -90,19 +93,10 @@ def marker_path(marker_dir: Path, task_id: str) -> Path:
     return Path(marker_dir) / f"{safe}.json"
 
 
-def _write_marker(path: Path, result: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def execute_task(task: Task, marker_dir: str) -> dict[str, Any]:
     """Run one task, then write its marker (outputs are already renamed into place by `run`)."""
     result = task.run()
-    _write_marker(marker_path(Path(marker_dir), task.id), result)
+    atomic_write_text(marker_path(Path(marker_dir), task.id), json.dumps(result, sort_keys=True))
     return result
 
 
@@ -200,13 +194,6 @@ def run_stage(stage: Stage, config: ExecConfig | None = None) -> list[dict[str, 
     return [results[i] for i in ids]
 
 
-def run_tasks(
-    tasks: Sequence[Task], marker_dir: str | os.PathLike, config: ExecConfig | None = None, name: str = "tasks"
-) -> list[dict[str, Any]]:
-    """Shorthand for `run_stage(Stage(name, tasks, marker_dir), config)`."""
-    return run_stage(Stage(name, tasks, Path(marker_dir)), config)
-
-
 def _run_local(
     todo: list[Task], marker_dir: str, config: ExecConfig, bar: _Bar, results: dict, failures: dict
 ) -> None:
@@ -260,18 +247,9 @@ def _collect(tid: str, res: dict | None, err: str | None, bar: _Bar, results: di
 def _run_ray(
     todo: list[Task], marker_dir: str, config: ExecConfig, bar: _Bar, results: dict, failures: dict
 ) -> None:
-    try:
+    with ray_session(config):
         import ray
-    except ImportError as exc:
-        raise FalconError("the ray executor needs Ray: pip install 'falconlm[ray]'") from exc
-    started_here = False
-    if not ray.is_initialized():
-        if config.ray_address:
-            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, config.workers), include_dashboard=False, log_to_driver=False)
-        started_here = True
-    try:
+
         remote = ray.remote(max_retries=config.max_task_retries)(_safe_execute)
         refs = {remote.remote(t, marker_dir): t for t in todo}
         waiting = list(refs)
@@ -282,15 +260,29 @@ def _run_ray(
                 if res is not None:
                     bar.update(int(res.get("docs_read", 0)), int(getattr(refs[r], "size_bytes", 0) or 0))
                 _collect(tid, res, err, bar, results, failures)
+
+
+@contextlib.contextmanager
+def ray_session(config: ExecConfig) -> Iterator[None]:
+    """Ray up for the duration of the block: started (and shut down after) unless it is already running.
+
+    A command wraps all its stages in one session, so Ray starts once per command; a stage run on
+    its own starts a session for itself. Does nothing for the local executor."""
+    if config.executor != "ray":
+        yield
+        return
+    try:
+        import ray
+    except ImportError:
+        raise FalconError("the ray executor needs Ray: pip install 'falconlm[ray]'") from None
+    if ray.is_initialized():
+        yield
+        return
+    if config.ray_address:
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(1, config.workers), include_dashboard=False, log_to_driver=False)
+    try:
+        yield
     finally:
-        if started_here:
-            ray.shutdown()
-
-
-@dataclass
-class StageResult:
-    """What a stage hands to the next one: its output files and its per-step stats dicts."""
-
-    outputs: list[Path]
-    stats: list[dict[str, Any]] = field(default_factory=list)
-    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+        ray.shutdown()

@@ -1,6 +1,7 @@
-"""The filter stage of the recipe: one task per input file (or slice), streaming every document
-through URL filter -> extraction -> language id -> repetition -> quality -> line corrections, and
-writing one shard per task (plus, optionally, a shard of dropped documents)."""
+"""The filter stage of a recipe: one task per input file (or slice), streaming every document
+through the recipe's per-document steps (recipes.py: URL filter -> extraction -> language id ->
+repetition -> quality -> line corrections) and writing one shard per task (plus, optionally, a
+shard of dropped documents)."""
 
 from __future__ import annotations
 
@@ -9,37 +10,23 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from falconlm.data.config import RefineConfig
 from falconlm.data.document import Document
-from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
-from falconlm.data.readers import read_documents
-from falconlm.data.step import PipelineStep, StepStats, run_steps
+from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.readers import ReaderOptions, input_format, read_documents
+from falconlm.data.stage import StageContext, StageResult
+from falconlm.data.step import PipelineStep, Step, StepStats, run_steps
 from falconlm.data.writers import ShardWriter, shard_name
 
-if TYPE_CHECKING:  # recipes imports this module lazily; no import cycle at run time
-    from falconlm.data.recipes import RefineConfig, StageContext
-
 EXAMPLE_CHARS = 600
+EXTRACT = "extract"  # the step that turns HTML into text
 
 
-def build_filter_steps(config: "RefineConfig") -> list[PipelineStep]:
-    """The per-document steps, in RefinedWeb order, built from the config."""
-    from falconlm.data.extract import Extract
-    from falconlm.data.filters.language import LanguageFilter
-    from falconlm.data.filters.lines import LineFilter
-    from falconlm.data.filters.quality import QualityFilter
-    from falconlm.data.filters.repetition import RepetitionFilter
-    from falconlm.data.filters.url import URLFilter
-
-    return [
-        URLFilter(config.url),  # on the URL alone, before any heavy work
-        Extract(config.extract),  # HTML -> text (JSON/Parquet inputs that are already text: see below)
-        LanguageFilter(config.language),  # -> RW-Raw
-        RepetitionFilter(config.repetition),
-        QualityFilter(config.quality),
-        LineFilter(config.lines),  # -> RW-Filtered
-    ]
+def build_steps(steps: list[Step], html: bool = True) -> list[PipelineStep]:
+    """The working steps; inputs that already hold text (JSONL/Parquet) skip extraction."""
+    return [s.build() for s in steps if html or s.name != EXTRACT]
 
 
 def _stem(index: int, path: Path, slice_index: int, num_slices: int) -> str:
@@ -48,27 +35,27 @@ def _stem(index: int, path: Path, slice_index: int, num_slices: int) -> str:
     return s if num_slices == 1 else f"{s}-s{slice_index:03d}of{num_slices:03d}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FilterTask:
     """Filter one input (slice) into one output shard."""
 
     id: str
     input_path: str
     output_path: str
-    dropped_path: str | None
-    config: "RefineConfig"
+    dropped_path: str | None  # where dropped documents go (keep_dropped), else None
+    steps: list[Step]
+    reader: ReaderOptions  # with this task's slice of the file
+    output_format: str
+    examples_per_reason: int
     size_bytes: int = 0
 
     def run(self) -> dict[str, Any]:
         """Stream the input through the steps; write the shard atomically; return stats."""
-        steps = build_filter_steps(self.config)
-        if not _is_html_input(self.input_path):
-            # JSONL/Parquet inputs already hold text: skip extraction, keep everything else.
-            steps = [s for s in steps if s.name != "extract"]
+        steps = build_steps(self.steps, html=input_format(self.input_path) == "warc")
         read_stats = StepStats("read")
         examples: dict[str, list[dict[str, Any]]] = {}
         per_key: Counter = Counter()
-        k = self.config.examples_per_reason
+        k = self.examples_per_reason
         dropped_writer = ShardWriter(self.dropped_path) if self.dropped_path else None
 
         def on_drop(doc: Document, step: str, reason: str) -> None:
@@ -83,13 +70,13 @@ class FilterTask:
                 dropped_writer.write(Document(doc.id, doc.text, doc.url, meta))
 
         position = _Position(self.size_bytes, os.path.getsize(self.input_path))
-        docs = read_documents(self.input_path, self.config.reader, read_stats, position.update)
+        docs = read_documents(self.input_path, self.reader, read_stats, position.update)
         docs = _progress(docs, position)
         stream, stats = run_steps(docs, steps, on_drop)
         if dropped_writer is not None:
             dropped_writer.open()
         try:
-            with ShardWriter(self.output_path, self.config.output_format) as out:
+            with ShardWriter(self.output_path, self.output_format) as out:
                 for doc in stream:
                     out.write(doc)
             if dropped_writer is not None:
@@ -108,12 +95,6 @@ class FilterTask:
             "stats": [read_stats.to_dict()] + [s.to_dict() for s in stats],
             "examples": examples,
         }
-
-
-def _is_html_input(path: str) -> bool:
-    from falconlm.data.readers import input_format
-
-    return input_format(path) == "warc"
 
 
 class _Position:
@@ -152,55 +133,55 @@ def _progress(docs: Any, position: _Position) -> Any:
 
 
 class FilterStage:
-    """RefinedWeb document preparation + filtering, one task per input file or slice."""
+    """Document preparation and filtering: the recipe's per-document steps, one task per input file or slice."""
 
     name = "filter"
 
-    def __init__(self, slices_per_file: int = 1) -> None:
-        self.slices_per_file = slices_per_file
+    def __init__(self, steps: list[Step], config: RefineConfig) -> None:
+        self.steps = steps
+        self.config = config  # output format, dropped documents, examples, slices
 
-    def tasks(self, inputs: list[Path], ctx: "StageContext") -> list[FilterTask]:
+    def tasks(self, inputs: list[Path], ctx: StageContext) -> list[FilterTask]:
         """One FilterTask per input (slice), with deterministic output names."""
         out_dir = ctx.stage_dir(self.name)
-        fmt = ctx.config.output_format
+        fmt = self.config.output_format
         tasks = []
-        n = max(1, self.slices_per_file)
+        n = max(1, self.config.slices_per_file)
         for i, path in enumerate(inputs):
             size = os.path.getsize(path)
             for s in range(n):
                 stem = _stem(i, Path(path), s, n)
-                cfg = ctx.config if n == 1 else replace(
-                    ctx.config, reader=replace(ctx.config.reader, slice_index=s, num_slices=n)
-                )
                 tasks.append(
                     FilterTask(
                         id=stem,
                         input_path=str(path),
                         output_path=str(out_dir / shard_name(stem, fmt)),
                         dropped_path=str(ctx.dropped_dir(self.name) / shard_name(stem, "jsonl.zst"))
-                        if ctx.config.keep_dropped
+                        if self.config.keep_dropped
                         else None,
-                        config=cfg,
+                        steps=self.steps,
+                        reader=ctx.reader if n == 1 else replace(ctx.reader, slice_index=s, num_slices=n),
+                        output_format=fmt,
+                        examples_per_reason=self.config.examples_per_reason,
                         size_bytes=size // n,
                     )
                 )
         return tasks
 
-    def run(self, inputs: list[Path], ctx: "StageContext") -> StageResult:
+    def build_steps(self) -> list[PipelineStep]:
+        """The working steps, as a task over an HTML input runs them."""
+        return build_steps(self.steps)
+
+    def run(self, inputs: list[Path], ctx: StageContext) -> StageResult:
         """Run (or resume) the tasks and merge their stats."""
         tasks = self.tasks(inputs, ctx)
-        # A killed run can leave temp files behind (never under a final name); clear them.
-        for d in (ctx.stage_dir(self.name), ctx.dropped_dir(self.name)):
-            if d.is_dir():
-                for stale in d.glob("*.tmp-*"):
-                    stale.unlink(missing_ok=True)
         results = run_stage(Stage(self.name, tasks, ctx.marker_dir(self.name)), ctx.exec)
         merged = merge_step_stats([r["stats"] for r in results])
         examples: dict[str, list[dict[str, Any]]] = {}
         for r in results:
             for key, items in r.get("examples", {}).items():
                 have = examples.setdefault(key, [])
-                have.extend(items[: max(0, ctx.config.examples_per_reason - len(have))])
+                have.extend(items[: max(0, self.config.examples_per_reason - len(have))])
         return StageResult(
             outputs=[Path(t.output_path) for t in tasks],
             stats=[{**s.to_dict(), "stage": self.name} for s in merged],

@@ -1,123 +1,61 @@
 """The RefinedWeb recipe ("MacroData Refinement"), in one readable place.
 
-A recipe is an ordered list of *stages*. Each stage takes the previous stage's output files and
-produces new ones (tasks run through `executor.run_stage`, so every stage is resumable), and
-reports per-step statistics that `stats.json` and the report show in order:
+A recipe is a list of stages (stage.py) that the runner (refine.py) chains: each reads the previous
+stage's shards and writes its own. The filter stage streams every document through per-document
+steps, one task per input file; the dedup stages need the whole corpus and run their own chains
+of tasks. Every parameter is a field of `RefineConfig` (config.py) whose default is the paper's value;
+the comments below name them (docs/refinedweb.md has the sources).
 
-    refinedweb-filter:  filter  = read -> url_filter -> extract -> language          (RW-Raw)
-                                       -> repetition -> quality -> lines            (RW-Filtered)
-    refinedweb:         filter, then the dedup stages  minhash -> exact_substring -> url_dedup
-                        (RefinedWeb), from `dedup_stages()` below.
-
-How a new stage plugs in: write a class with `name: str` and
-`run(inputs: list[Path], ctx: StageContext) -> StageResult` (see `RecipeStage`). Inside, build
-tasks and call `executor.run_stage(Stage(name, tasks, ctx.marker_dir(name)), ctx.exec)`; write
-shards with `writers.ShardWriter` into `ctx.stage_dir(name)` and return the shard paths and one
-`StepStats.to_dict()` per step (docs/chars in/out + drop reasons). Then list it in a recipe.
-
-HOOK for deduplication (issue 4): `dedup_stages(config)` returns the dedup stages appended after
-the filter stage in the `refinedweb` recipe. Until it returns stages, `refinedweb` equals
-`refinedweb-filter` (and `falconlm refine --no-dedup` always selects `refinedweb-filter`).
+To add a stage, write a class with `name` and `run(inputs, ctx) -> StageResult` and list it here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
-from falconlm.data.executor import ExecConfig, StageResult
-from falconlm.data.filters.language import LanguageConfig
-from falconlm.data.filters.lines import LineConfig
-from falconlm.data.filters.quality import QualityConfig
-from falconlm.data.filters.repetition import RepetitionConfig
-from falconlm.data.filters.url import URLFilterConfig
-from falconlm.data.extract import ExtractConfig
-from falconlm.data.readers import ReaderOptions
+from falconlm.data.config import RefineConfig
+from falconlm.data.dedup.exact_stage import ExactSubstringStage
+from falconlm.data.dedup.minhash_stage import MinHashStage
+from falconlm.data.dedup.url import UrlDedupStage
+from falconlm.data.extract import Extract
+from falconlm.data.filter_stage import FilterStage
+from falconlm.data.filters.language import LanguageFilter
+from falconlm.data.filters.lines import LineFilter
+from falconlm.data.filters.quality import QualityFilter
+from falconlm.data.filters.repetition import RepetitionFilter
+from falconlm.data.filters.url import URLFilter
+from falconlm.data.stage import RecipeStage
+from falconlm.data.step import Step
 from falconlm.errors import FalconError
 
 
-@dataclass
-class RefineConfig:
-    """Every knob of the filter stage; paper values are the defaults (falcon-facts A.1-A.6)."""
-
-    url: URLFilterConfig = field(default_factory=URLFilterConfig)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    language: LanguageConfig = field(default_factory=LanguageConfig)
-    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    lines: LineConfig = field(default_factory=LineConfig)
-    reader: ReaderOptions = field(default_factory=ReaderOptions)
-    output_format: str = "jsonl.zst"
-    keep_dropped: bool = False  # also write dropped documents, with step and reason, to DIR/dropped/
-    examples_per_reason: int = 3  # dropped examples kept for the report
-    # Deduplication settings belong to the dedup stages; they read them from here when present.
-    dedup: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (written to DIR/config.json)."""
-        return asdict(self)
-
-    def fingerprint(self) -> str:
-        """Hash of everything that changes outputs (a rerun with another config must not resume)."""
-        d = self.to_dict()
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class StageContext:
-    """What every stage gets: the run directory, the executor settings and the config."""
-
-    out_dir: Path
-    exec: ExecConfig
-    config: RefineConfig
-    last: bool = False  # the final stage writes to DIR/data
-
-    def stage_dir(self, name: str) -> Path:
-        """Where a stage writes its shards: DIR/data for the last stage, else DIR/work/<name>."""
-        return self.out_dir / "data" if self.last else self.out_dir / "work" / name
-
-    def marker_dir(self, name: str) -> Path:
-        """Completion markers of a stage's tasks."""
-        return self.out_dir / "markers" / name
-
-    def dropped_dir(self, name: str) -> Path:
-        """Dropped documents (with --keep-dropped)."""
-        return self.out_dir / "dropped" / name
-
-
-class RecipeStage(Protocol):
-    """A stage: reads the previous stage's files, writes its own, returns stats per step."""
-
-    name: str
-
-    def run(self, inputs: list[Path], ctx: StageContext) -> StageResult: ...
-
-
-def filter_stages(config: RefineConfig) -> list[RecipeStage]:
-    """RW-Raw + RW-Filtered: URL filter, extraction, language id, repetition, quality, lines."""
-    from falconlm.data.filter_stage import FilterStage
-
-    return [FilterStage()]
-
-
-def dedup_stages(config: RefineConfig) -> list[RecipeStage]:
-    """HOOK (issue 4): MinHash -> exact substring -> URL dedup stages, appended after filtering.
-
-    Settings come from `config.dedup` (a `DedupConfig.to_dict()`-shaped dict; missing keys take
-    the paper's defaults, a null turns a method off).
-    """
-    from falconlm.data.dedup.stages import refinedweb_dedup_stages
-
-    return refinedweb_dedup_stages(config)
+def refinedweb(c: RefineConfig) -> list[RecipeStage]:
+    """RefinedWeb, in the paper's order: filtering (-> RW-Raw -> RW-Filtered), then deduplication."""
+    d, fmt = c.dedup, c.output_format
+    stages = [
+        FilterStage([
+            Step(URLFilter, c.url),                # the URL alone: UT1 blocklist (10 categories), strict/hard/soft word
+                                                   # lists (soft: 2 hits), the 16 high-quality domains spared
+            Step(Extract, c.extract),              # HTML -> main text (trafilatura), URLs removed, <= 2 newlines in a row
+            Step(LanguageFilter, c.language),      # fastText LID-176: English with top score >= 0.65 -> RW-Raw
+            Step(RepetitionFilter, c.repetition),  # Gopher: duplicate lines/paragraphs, top 2-4-grams, dup. 5-10-grams
+            Step(QualityFilter, c.quality),        # Gopher: 50-100,000 words, mean word length 3-10, >= 2 stop words...
+            Step(LineFilter, c.lines),             # boilerplate lines removed; > 5% of the words removed: dropped
+        ], c),                                     # -> RW-Filtered
+        # MinHash LSH, 450 bands x 20 rows over word 5-grams: one document kept per cluster of near-duplicates
+        MinHashStage(d.minhash, d.resources, d.bucket_groups, fmt) if d.minhash else None,
+        # suffix array: spans of >= 50 tokens seen twice are cut; a document left under 20 characters is dropped
+        ExactSubstringStage(d.exact_substring, d.resources, fmt) if d.exact_substring else None,
+        # the first document per normalised URL, also against the URLs that earlier runs kept
+        UrlDedupStage(d.url, d.resources, fmt) if d.url else None,
+    ]  # -> RefinedWeb
+    return [s for s in stages if s is not None]  # a dedup method set to None is off
 
 
 RECIPES: dict[str, Callable[[RefineConfig], list[RecipeStage]]] = {
-    "refinedweb-filter": filter_stages,
-    "refinedweb": lambda c: filter_stages(c) + dedup_stages(c),
+    "refinedweb": refinedweb,
+    "refinedweb-filter": lambda c: refinedweb(c)[:1],  # RW-Filtered: no dedup (`refine --no-dedup`)
+    "dedup": lambda c: refinedweb(c)[1:],  # the dedup stages alone, on text shards (`falconlm dedup`)
 }
 
 
@@ -126,8 +64,3 @@ def build_recipe(name: str, config: RefineConfig) -> list[RecipeStage]:
     if name not in RECIPES:
         raise FalconError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
     return RECIPES[name](config)
-
-
-def filter_step_names() -> list[str]:
-    """The per-document steps of the filter stage, in paper order."""
-    return ["read", "url_filter", "extract", "language", "repetition", "quality", "lines"]

@@ -1,4 +1,9 @@
-"""Run a recipe end to end: inputs -> stages -> DIR/data shards + DIR/stats.json + DIR/report.html."""
+"""The one runner: a recipe's stages over the inputs -> DIR/data shards + DIR/stats.json + DIR/report.html.
+
+`falconlm refine` (recipes `refinedweb`, `refinedweb-filter`) and `falconlm dedup` (recipe `dedup`)
+both run through `run_refine`: same run directory layout, same resume rules, one Ray session for
+all stages of a command.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from falconlm.data.executor import ExecConfig
-from falconlm.data.readers import expand_inputs
-from falconlm.data.recipes import RefineConfig, StageContext, build_recipe
+from falconlm.atomic import atomic_write_json, remove_stale_temps_tree
+from falconlm.data.config import RefineConfig
+from falconlm.data.executor import ExecConfig, ray_session
+from falconlm.data.readers import ReaderOptions, expand_inputs
+from falconlm.data.recipes import build_recipe
+from falconlm.data.stage import StageContext
 from falconlm.errors import FalconError
 
 
 @dataclass
 class RefineResult:
-    """Where the outputs are and the merged statistics."""
+    """Where the outputs are, the merged statistics (what stats.json holds) and the wall time."""
 
     out_dir: Path
     outputs: list[Path]
     stats: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
+    def summary(self) -> str:
+        """What a command prints at the end: the per-step table and where everything is."""
+        from falconlm.data.report import summary_text
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to a temp name, then rename."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+        return (f"{summary_text(self.stats)}\n\n{len(self.outputs)} shard(s) in {self.out_dir / 'data'}; "
+                f"stats: {self.out_dir / 'stats.json'}; report: {self.out_dir / 'report.html'}  ({self.seconds:.1f} s)")
 
 
 def _check_config(out_dir: Path, recipe: str, config: RefineConfig, inputs: list[Path]) -> None:
@@ -43,7 +52,7 @@ def _check_config(out_dir: Path, recipe: str, config: RefineConfig, inputs: list
                 "use a new --out directory (or delete it) to start over"
             )
     else:
-        write_json_atomic(marker, fp)
+        atomic_write_json(marker, fp)
 
 
 def run_refine(
@@ -52,33 +61,34 @@ def run_refine(
     recipe: str = "refinedweb",
     config: RefineConfig | None = None,
     exec_config: ExecConfig | None = None,
-    slices_per_file: int = 1,
     report: bool = True,
 ) -> RefineResult:
-    """Refine raw inputs into clean shards; resumable: rerun the same call after a crash."""
+    """Run a recipe over the inputs into out_dir; resumable: rerun the same call after a crash."""
     config = config or RefineConfig()
     exec_config = exec_config or ExecConfig()
     files = expand_inputs(list(inputs))
+    stages = build_recipe(recipe, config)
+    if not stages:
+        raise FalconError(f"recipe {recipe!r} has no stage with this configuration (every method is off)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, recipe, config, files)
-    write_json_atomic(out / "config.json", {"recipe": recipe, **config.to_dict()})
-    stages = build_recipe(recipe, config)
-    if slices_per_file > 1:
-        for st in stages:
-            if hasattr(st, "slices_per_file"):
-                st.slices_per_file = slices_per_file
+    remove_stale_temps_tree(out)  # a killed run's unfinished writes (never under a final name)
+    atomic_write_json(out / "config.json", {"recipe": recipe, **config.to_dict()})
     t0 = time.monotonic()
     current: list[Path] = files
     all_stats: list[dict[str, Any]] = []
     examples: dict[str, list[dict[str, Any]]] = {}
-    for i, stage in enumerate(stages):
-        ctx = StageContext(out_dir=out, exec=exec_config, config=config, last=i == len(stages) - 1)
-        res = stage.run(current, ctx)
-        current = res.outputs
-        all_stats.extend(res.stats)
-        for key, items in res.examples.items():
-            examples.setdefault(f"{stage.name}/{key}" if not key.startswith(stage.name + "/") else key, items)
+    with ray_session(exec_config):  # once for every stage of the command
+        for i, stage in enumerate(stages):
+            # The first stage reads the user's files as configured; later ones read our own shards.
+            reader = config.reader if i == 0 else ReaderOptions()
+            ctx = StageContext(out, exec_config, last=i == len(stages) - 1, reader=reader)
+            res = stage.run(current, ctx)
+            current = list(res.outputs)
+            all_stats.extend(res.stats)
+            for key, items in res.examples.items():
+                examples.setdefault(key, items)
     stats = {
         "recipe": recipe,
         "inputs": [str(p) for p in files],
@@ -87,10 +97,10 @@ def run_refine(
         "steps": all_stats,
         "examples": examples,
     }
-    write_json_atomic(out / "stats.json", stats)
+    # Wall time is kept out of stats.json so that a resumed run writes the same file.
+    atomic_write_json(out / "stats.json", stats)
     if report:
         from falconlm.data.report import write_report
 
         write_report(out, stats)
-    stats_runtime = {"seconds": round(time.monotonic() - t0, 3)}
-    return RefineResult(out, current, {**stats, "runtime": stats_runtime})
+    return RefineResult(out, current, stats, round(time.monotonic() - t0, 3))

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from falconlm.atomic import atomic_write, atomic_write_text
+
 
 def funnel(stats: dict[str, Any]) -> list[tuple[str, int, int]]:
     """(step, documents remaining, characters remaining) after each step, starting with the input."""
@@ -21,18 +23,21 @@ def funnel(stats: dict[str, Any]) -> list[tuple[str, int, int]]:
 
 
 def summary_text(stats: dict[str, Any]) -> str:
-    """A few lines: documents kept per step and the main drop reasons."""
+    """The console summary: documents and characters kept per step, the main drop reasons, MinHash clusters."""
     steps = stats["steps"]
     if not steps:
         return "no steps ran"
     start = max(steps[0]["docs_in"], 1)
-    lines = [f"{'step':<16}{'docs in':>10}{'docs out':>10}{'kept %':>8}{'of input %':>11}  top drop reasons"]
+    lines = [f"{'step':<16}{'docs in':>10}{'docs out':>10}{'kept %':>8}{'of input %':>11}{'chars kept %':>13}  top drop reasons"]
     for s in steps:
         kept = 100.0 * s["docs_out"] / max(s["docs_in"], 1)
         overall = 100.0 * s["docs_out"] / start
+        chars = 100.0 * s["chars_out"] / max(s["chars_in"], 1)
         top = sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         reasons = ", ".join(f"{k} {v}" for k, v in top)
-        lines.append(f"{s['name']:<16}{s['docs_in']:>10,}{s['docs_out']:>10,}{kept:>8.1f}{overall:>11.1f}  {reasons}")
+        lines.append(f"{s['name']:<16}{s['docs_in']:>10,}{s['docs_out']:>10,}{kept:>8.1f}{overall:>11.1f}{chars:>13.1f}  {reasons}")
+        if s.get("cluster_size_histogram"):
+            lines.append(f"  clusters: {s['clusters']:,}; sizes {s['cluster_size_histogram']}")
     return "\n".join(lines)
 
 
@@ -62,10 +67,11 @@ def plot_funnel(stats: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{stats.get('recipe', 'recipe')}: what remains after each step")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        # format= because the temp name does not end in .png
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}))
+    finally:
+        plt.close(fig)
 
 
 def write_report(out_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
@@ -92,7 +98,7 @@ def write_report(out_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
             f"<td>{s['docs_in']:,}</td><td>{s['docs_out']:,}</td><td>{s['chars_in']:,}</td>"
             f"<td>{s['chars_out']:,}</td><td>{kept:.1f}</td></tr>"
         )
-    # Dedup stages (issue 4) add a cluster-size histogram to their step.
+    # The MinHash stage adds a cluster-size histogram to its step.
     for s in stats["steps"]:
         if s.get("cluster_size_histogram"):
             parts.append(f"</table><h2>{esc(s['name'])}: cluster sizes</h2><table><tr><th>size</th><th>clusters</th></tr>")
@@ -107,8 +113,4 @@ def write_report(out_dir: str | os.PathLike, stats: dict[str, Any]) -> Path:
         for ex in items:
             parts.append(f"<p><b>{esc(str(ex.get('url')))}</b> ({esc(str(ex.get('id')))})</p><pre>{esc(ex.get('text', ''))}</pre>")
     parts.append("</body></html>")
-    path = out / "report.html"
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "report.html", "\n".join(parts))

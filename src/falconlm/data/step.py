@@ -100,3 +100,22 @@ def run_steps(
     for step, st in zip(steps, stats):
         stream = step.run(stream, st, on_drop)
     return iter(stream), stats
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step as a recipe lists it: its class and its settings. Built (`build()`) inside the task
+    that runs it: steps load models and lists where they run, they are not shipped to workers."""
+
+    kind: type[PipelineStep]
+    config: Any  # the step's settings dataclass, e.g. a QualityConfig
+
+    @property
+    def name(self) -> str:
+        """The step's name, as its stats and drop reasons report it."""
+        return self.kind.name
+
+    def build(self) -> PipelineStep:
+        """The working step."""
+        return self.kind(self.config)
+

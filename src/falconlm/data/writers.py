@@ -1,7 +1,7 @@
 """Atomic shard writers: jsonl.zst (default), jsonl.gz, jsonl, Parquet.
 
-A `ShardWriter` writes to `<name>.tmp-<pid>` and renames to `<name>` only on a clean close, so a
-killed run never leaves a half-written shard under its final name. Output bytes are a pure function
+A `ShardWriter` writes to the temp name of `falconlm.atomic` and commits it (fsync, rename) only on a
+clean close, so a killed run never leaves a half-written shard under its final name. Output bytes are a pure function
 of the documents written (fixed compression level, no timestamps), which is what makes a resumed
 run byte-identical to an uninterrupted one.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from falconlm.atomic import commit, temp_path
 from falconlm.data.document import Document
 from falconlm.errors import FalconError
 
@@ -46,7 +47,7 @@ class ShardWriter:
         self.fmt = fmt or _fmt_from_name(self.path)
         if self.fmt not in FORMATS:
             raise FalconError(f"unknown output format {self.fmt!r}: choose one of {', '.join(FORMATS)}")
-        self.tmp_path = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.tmp_path = temp_path(self.path)
         self.count = 0
         self.bytes_text = 0
         self._parquet_batch = parquet_batch
@@ -102,7 +103,7 @@ class ShardWriter:
             self._text.write("\n")
 
     def close(self) -> Path:
-        """Finish the file, fsync it and rename it into place; returns the final path."""
+        """Finish the file and commit it (fsync, rename into place); returns the final path."""
         if self._closed:
             return self.path
         if self.fmt == "parquet":
@@ -111,10 +112,8 @@ class ShardWriter:
             self._text.flush()
             self._text.close()  # closes the compressor stream (closefd=False keeps raw open)
         if self._fh is not None and not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
             self._fh.close()
-        os.replace(self.tmp_path, self.path)
+        commit(self.tmp_path, self.path)
         self._closed = True
         return self.path
 

@@ -1,8 +1,14 @@
-"""`falconlm dedup`: MinHash, exact-substring and URL dedup over JSONL/Parquet shards."""
+"""`falconlm dedup`: MinHash, exact-substring and URL dedup over JSONL/Parquet shards.
+
+Parse the flags, fill the config dataclasses (data/config.py), run the `dedup` recipe with the runner."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from falconlm.data.config import RefineConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,13 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_config(args: argparse.Namespace):
-    """DedupConfig from the parsed flags."""
-    from falconlm.data.dedup.common import Resources
-    from falconlm.data.dedup.exact_substring import ExactSubstringConfig
-    from falconlm.data.dedup.minhash import MinHashConfig
-    from falconlm.data.dedup.stages import DedupConfig
-    from falconlm.data.dedup.url import UrlDedupConfig
+def build_config(args: argparse.Namespace) -> RefineConfig:
+    """The config of the `dedup` recipe from the parsed flags: dedup settings, input keys, output format."""
+    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources, UrlDedupConfig
+    from falconlm.data.readers import ReaderOptions
     from falconlm.errors import FalconError
 
     custom = args.bands is not None or args.rows is not None
@@ -69,27 +72,31 @@ def build_config(args: argparse.Namespace):
         exact = ExactSubstringConfig(args.min_tokens, args.mode, args.min_chars, args.max_duplicate_fraction, args.part_tokens, args.tokenizer)
         exact.validate()
     url = UrlDedupConfig(index=args.url_index) if args.url else None
-    res = Resources(memory_mb=args.memory_mb, output_format=args.format, write_removed=args.write_removed,
-                    text_key=args.text_key, id_key=args.id_key)
     if args.memory_mb < 16:
         raise FalconError(f"--memory-mb {args.memory_mb} is too small: give at least 16")
-    return DedupConfig(minhash=minhash, exact_substring=exact, url=url, resources=res, bucket_groups=args.bucket_groups)
+    dedup = DedupConfig(minhash=minhash, exact_substring=exact, url=url, bucket_groups=args.bucket_groups,
+                        resources=Resources(memory_mb=args.memory_mb, write_removed=args.write_removed))
+    return RefineConfig(reader=ReaderOptions(text_key=args.text_key, id_key=args.id_key), output_format=args.format, dedup=dedup)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run dedup and print the summary."""
-    from falconlm.data.dedup.stages import estimate, format_estimate, format_summary, run_dedup
+    """Print the resource estimate, run the `dedup` recipe and print the summary."""
+    from falconlm.data.dedup.estimate import count_documents, estimate, format_estimate
     from falconlm.data.executor import ExecConfig
+    from falconlm.data.readers import expand_inputs
+    from falconlm.data.refine import run_refine
 
     config = build_config(args)
     if args.estimate is not None:
-        if config.minhash is not None:
+        if config.dedup.minhash is not None:
             from falconlm.data.dedup.minhash import s_curve_table
 
-            print(s_curve_table(config.minhash.bands, config.minhash.rows))
-        print(format_estimate(estimate(config, args.estimate, workers=args.workers)))
+            print(s_curve_table(config.dedup.minhash.bands, config.dedup.minhash.rows))
+        print(format_estimate(estimate(config.dedup, args.estimate, workers=args.workers)))
         return 0
+    n, avg = count_documents(expand_inputs(args.inputs), config.reader)
+    print(format_estimate(estimate(config.dedup, n, avg or 3000.0, args.workers)), flush=True)
     exec_config = ExecConfig(workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress)
-    stats = run_dedup(args.inputs, args.out, config, exec_config)
-    print(format_summary(stats))
+    res = run_refine(args.inputs, args.out, recipe="dedup", config=config, exec_config=exec_config)
+    print(res.summary())
     return 0

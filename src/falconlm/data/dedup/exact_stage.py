@@ -18,20 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from falconlm.atomic import atomic_write_text
+from falconlm.data.config import ExactSubstringConfig, Resources
 from falconlm.data.dedup.common import (
-    RemovedLog,
-    Resources,
+    DedupTask,
+    OutputTask,
+    ShardTask,
     global_id,
-    iter_shard,
     output_path,
-    check_unchanged,
     removed_dir,
     size_of,
     stats_dict,
     work_dir,
 )
 from falconlm.data.dedup.exact_substring import (
-    ExactSubstringConfig,
     apply_mode,
     char_spans,
     concat_with_separators,
@@ -41,7 +41,8 @@ from falconlm.data.dedup.exact_substring import (
     token_runs,
 )
 from falconlm.data.dedup.records import HEADER_SIZE, RecordReader, read_records, write_records
-from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
+from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import StepStats
 
 TOKEN = np.dtype([("tok", "<u8")])
@@ -50,22 +51,16 @@ SPAN = np.dtype([("doc", "<u8"), ("start", "<u8"), ("end", "<u8")])
 BATCH = 256
 
 
-@dataclass
-class TokenTask:
+@dataclass(kw_only=True)
+class TokenTask(ShardTask):
     """Tokenise one shard reversibly; write its token ids and document lengths."""
 
-    id: str
-    shard: int
-    path: str
-    work: str
-    config: dict
-    res: Resources
-    size_bytes: int = 0
+    config: ExactSubstringConfig
 
     def run(self) -> dict[str, Any]:
         from falconlm.data.dedup.records import RecordWriter
 
-        cfg = ExactSubstringConfig(**self.config)
+        cfg = self.config
         d = Path(self.work) / "tokens"
         n = total = 0
         with RecordWriter(d / f"s{self.shard:05d}.tok.bin", TOKEN) as tw, RecordWriter(d / f"s{self.shard:05d}.len.bin", LENGTH) as lw:
@@ -85,7 +80,7 @@ class TokenTask:
             # A batch's tokens with their offsets take about 32 bytes per character of text.
             max_chars = max(1 << 16, self.res.memory_bytes // 32)
             chars = 0
-            for doc in iter_shard(self.path, self.res):
+            for doc in self.documents():
                 texts.append(doc.text)
                 n += 1
                 chars += len(doc.text)
@@ -125,19 +120,16 @@ def plan_parts(work: Path, n_shards: int, part_tokens: int) -> list[list[tuple[i
     return parts
 
 
-@dataclass
-class SpanTask:
+@dataclass(kw_only=True)
+class SpanTask(DedupTask):
     """Suffix array over one part; write its duplicated token spans."""
 
-    id: str
     part: int
-    ranges: list
-    work: str
-    config: dict
-    size_bytes: int = 0
+    ranges: list[tuple[int, int, int]]  # (shard, first document, end document) of each slice of the part
+    config: ExactSubstringConfig
 
     def run(self) -> dict[str, Any]:
-        cfg = ExactSubstringConfig(**self.config)
+        cfg = self.config
         work = Path(self.work)
         docs: list[np.ndarray] = []
         gids: list[int] = []
@@ -170,26 +162,17 @@ class SpanTask:
                 "duplicated_tokens": int(mask.sum())}
 
 
-@dataclass
-class CutTask:
+@dataclass(kw_only=True)
+class CutTask(OutputTask):
     """Cut (or drop) one shard's duplicated spans."""
 
-    id: str
-    shard: int
-    path: str
-    out: str
-    work: str
-    parts: list
-    config: dict
-    res: Resources
-    removed_dir: str = ""
-    size_bytes: int = 0
-    expected_docs: int = -1  # documents an earlier stage read from this shard
+    parts: list[int]  # the parts holding documents of this shard
+    config: ExactSubstringConfig
 
     def run(self) -> dict[str, Any]:
         from falconlm.data.writers import ShardWriter
 
-        cfg = ExactSubstringConfig(**self.config)
+        cfg = self.config
         spans_by_doc: dict[int, list[tuple[int, int]]] = {}
         lo, hi = global_id(self.shard, 0), global_id(self.shard + 1, 0)
         for p in self.parts:
@@ -198,11 +181,11 @@ class CutTask:
             for g, a, b in zip(recs["doc"].tolist(), recs["start"].tolist(), recs["end"].tolist()):
                 spans_by_doc.setdefault(g - lo, []).append((a, b))
         st = StepStats("exact_substring")
-        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+        log = self.removed_log()
         examples: list[dict] = []
         cut_docs = 0
-        with ShardWriter(self.out, self.res.output_format) as w:
-            for i, doc in enumerate(iter_shard(self.path, self.res)):
+        with ShardWriter(self.out, self.output_format) as w:
+            for i, doc in enumerate(self.documents()):
                 st.docs_in += 1
                 st.chars_in += len(doc.text)
                 tspans = spans_by_doc.get(i)
@@ -224,7 +207,7 @@ class CutTask:
                 st.docs_out += 1
                 st.chars_out += len(doc.text)
                 w.write(doc)
-            check_unchanged(self.path, st.docs_in, self.expected_docs, "exact-tokens")
+            self.check_unchanged(st.docs_in, "exact-tokens")
         log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "cut_docs": cut_docs, "examples": examples}
@@ -235,36 +218,39 @@ class ExactSubstringStage:
 
     name = "exact_substring"
 
-    def __init__(self, config: ExactSubstringConfig, res: Resources | None = None):
+    def __init__(self, config: ExactSubstringConfig, res: Resources | None = None, output_format: str = "jsonl.zst") -> None:
         config.validate()
         self.config = config
         self.res = res or Resources()
+        self.output_format = output_format
 
     def part_tokens(self) -> int:
         """Tokens per part: the setting, else what the memory budget allows."""
         return self.config.part_tokens or part_tokens_for(self.res.memory_bytes)
 
-    def run(self, inputs: list[Path], ctx: Any) -> StageResult:
+    def run(self, inputs: list[Path], ctx: StageContext) -> StageResult:
         """Run the three stages (each resumable) and return a StageResult."""
         from falconlm.data.dedup.minhash_stage import check_settings
 
         work = work_dir(ctx, self.name)
         check_settings(work, {"exact_substring": asdict(self.config), "part_tokens": self.part_tokens(), "inputs": [str(p) for p in inputs]})
-        cfg = asdict(self.config)
         out_dir = ctx.stage_dir(self.name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tok = [TokenTask(f"s{i:05d}", i, str(p), str(work), cfg, self.res, size_of(p)) for i, p in enumerate(inputs)]
+        common = {"work": str(work), "res": self.res, "config": self.config}
+        shards = [{"id": f"s{i:05d}", "shard": i, "path": str(p), "reader": ctx.reader, "size_bytes": size_of(p), **common}
+                  for i, p in enumerate(inputs)]
+        tok = [TokenTask(**s) for s in shards]
         tok_res = run_stage(Stage("exact-tokens", tok, ctx.marker_dir("exact-tokens")), ctx.exec)
         parts = plan_parts(work, len(inputs), self.part_tokens())
-        (work / "parts.json").write_text(json.dumps(parts), encoding="utf-8")
-        spans = [SpanTask(f"p{k:05d}", k, r, str(work), cfg) for k, r in enumerate(parts)]
+        atomic_write_text(work / "parts.json", json.dumps(parts))
+        spans = [SpanTask(id=f"p{k:05d}", part=k, ranges=r, **common) for k, r in enumerate(parts)]
         span_res = run_stage(Stage("exact-spans", spans, ctx.marker_dir("exact-spans")), ctx.exec)
         parts_of = {i: sorted({k for k, r in enumerate(parts) for s, _, _ in r if s == i}) for i in range(len(inputs))}
-        outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
+        outs = [output_path(out_dir, i, self.output_format) for i in range(len(inputs))]
         cut = [
-            CutTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), parts_of[i], cfg, self.res,
-                    removed_dir(ctx, self.name, self.res), size_of(p), expected_docs=tok_res[i]["docs"])
-            for i, p in enumerate(inputs)
+            CutTask(out=str(outs[i]), output_format=self.output_format, removed_dir=removed_dir(ctx, self.name, self.res),
+                    expected_docs=tok_res[i]["docs"], parts=parts_of[i], **s)
+            for i, s in enumerate(shards)
         ]
         results = run_stage(Stage("exact-cut", cut, ctx.marker_dir("exact-cut")), ctx.exec)
         total = StepStats(self.name)

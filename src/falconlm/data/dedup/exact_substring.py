@@ -11,40 +11,14 @@ that lie inside some repeated substring of length >= L (tests check this against
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import xxhash
 
+from falconlm.data.config import ExactSubstringConfig
 from falconlm.data.dedup.normalize import reversible_words
-from falconlm.errors import FalconError
 
-MODES = ("cut", "drop-any", "drop-partial")
 SEPARATOR_BASE = np.uint64(1 << 32)  # token ids are < 2^32; each document end gets a unique id above
-
-
-@dataclass
-class ExactSubstringConfig:
-    """Exact-substring settings: paper values by default (>= 50 tokens, CUT, drop < 20 chars left)."""
-
-    min_tokens: int = 50
-    mode: str = "cut"  # cut | drop-any | drop-partial
-    min_chars: int = 20  # cut mode: drop a document left with fewer characters
-    max_duplicate_fraction: float = 0.2  # drop-partial: drop when more than this share of characters is duplicated
-    part_tokens: int = 0  # tokens per suffix-array part; 0 = derive from the memory budget
-    tokenizer: str | None = None  # tokenizer.json: token ids instead of normalised words
-
-    def validate(self) -> None:
-        """Raise a FalconError on impossible settings."""
-        if self.mode not in MODES:
-            raise FalconError(f"unknown exact-substring mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.min_tokens < 1:
-            raise FalconError(f"--min-tokens must be positive (got {self.min_tokens})")
-
-    def to_dict(self) -> dict:
-        """Resolved form."""
-        return asdict(self)
-
 
 # Bytes per token of a part in memory: the uint64 text, the int32 suffix array, the int32 LCP
 # array, kasai's int32 rank array and the coverage count, with headroom for numpy temporaries

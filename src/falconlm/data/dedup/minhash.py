@@ -1,4 +1,4 @@
-"""MinHash signatures (vectorised numpy), LSH band keys, presets and the S-curve.
+"""MinHash signatures (vectorised numpy), LSH band keys and the S-curve (settings and presets: data/config.py).
 
 Permutations follow the usual universal-hash scheme h(x) = (a*x + b) mod (2^61 - 1) with
 `a, b` drawn from `np.random.RandomState(seed)` like datasketch and datatrove. As in both of
@@ -9,57 +9,14 @@ estimator is unaffected (tests compare it with the true Jaccard and with dataske
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from falconlm.data.config import MinHashConfig
 from falconlm.data.dedup.shingles import mix64
-from falconlm.errors import FalconError
 
 MERSENNE_61 = np.uint64((1 << 61) - 1)
 _S61 = np.uint64(61)
-
-# name -> (bands, rows)
-PRESETS: dict[str, tuple[int, int]] = {
-    # RefinedWeb appendix G.3.1 / Lee et al. 2022: 450 bands of 20 rows = 9,000 hashes
-    # (P = 76% at s = 0.75, 99.4% at s = 0.8). The paper's main text inverts the wording.
-    "refinedweb": (450, 20),
-    # datatrove / FineWeb default: 14 buckets of 8 hashes = 112 hashes (threshold ~0.72).
-    "fineweb": (14, 8),
-}
-
-
-@dataclass
-class MinHashConfig:
-    """Fuzzy-dedup settings: LSH shape, shingle size, hash seed, optional tokenizer.json."""
-
-    bands: int = 450
-    rows: int = 20
-    ngram: int = 5
-    seed: int = 1
-    tokenizer: str | None = None  # path of a tokenizer.json: shingle token ids instead of words
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "MinHashConfig":
-        """A config from a named preset (`refinedweb`, `fineweb`)."""
-        if name not in PRESETS:
-            raise FalconError(f"unknown MinHash preset {name!r}: choose one of {', '.join(PRESETS)} or give --bands and --rows")
-        b, r = PRESETS[name]
-        return cls(bands=b, rows=r, **overrides)
-
-    @property
-    def num_hashes(self) -> int:
-        """Hashes per signature (bands x rows)."""
-        return self.bands * self.rows
-
-    def validate(self) -> None:
-        """Raise a FalconError on impossible settings."""
-        if self.bands < 1 or self.rows < 1 or self.ngram < 1:
-            raise FalconError(f"bands, rows and ngram must be positive (got {self.bands}, {self.rows}, {self.ngram})")
-
-    def to_dict(self) -> dict:
-        """The resolved form written beside outputs."""
-        return asdict(self)
 
 
 def match_probability(similarity: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:

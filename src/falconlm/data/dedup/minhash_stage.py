@@ -14,20 +14,20 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from falconlm.atomic import atomic_write_text
+from falconlm.data.config import MinHashConfig, Resources
 from falconlm.data.dedup.common import (
-    RemovedLog,
-    Resources,
+    DedupTask,
+    OutputTask,
+    ShardTask,
     global_id,
-    iter_shard,
     output_path,
-    copy_without_removed,
     removed_dir,
     size_of,
     split_id,
@@ -35,11 +35,12 @@ from falconlm.data.dedup.common import (
     work_dir,
 )
 from falconlm.data.dedup.merge import GroupFirsts, merge_sorted
-from falconlm.data.dedup.minhash import MinHashConfig, MinHasher, s_curve_table
+from falconlm.data.dedup.minhash import MinHasher, s_curve_table
 from falconlm.data.dedup.records import KEY_DOC, PAIR, ShardRemovalWriter, write_records
 from falconlm.data.dedup.shingles import shingles_batch
 from falconlm.data.dedup.components import star_components
 from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import StepStats
 from falconlm.errors import FalconError
 
@@ -57,21 +58,15 @@ def _sort_key_doc(rec: np.ndarray) -> np.ndarray:
     return rec[np.lexsort((rec["doc"], rec["key"]))]
 
 
-@dataclass
-class SignatureTask:
+@dataclass(kw_only=True)
+class SignatureTask(ShardTask):
     """Sign one shard and write its sorted band-key runs."""
 
-    id: str
-    shard: int
-    path: str
-    work: str
-    config: dict
-    res: Resources
-    groups: int
-    size_bytes: int = 0
+    config: MinHashConfig
+    groups: int  # band groups (one bucket task each)
 
     def run(self) -> dict[str, Any]:
-        cfg = MinHashConfig(**self.config)
+        cfg = self.config
         hasher = MinHasher(cfg)
         sig_dir = Path(self.work) / "signatures"
         sig_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +112,7 @@ class SignatureTask:
             if buffered >= limit:
                 spill()
 
-        for doc in iter_shard(self.path, self.res):
+        for doc in self.documents():
             texts.append(doc.text)
             n += 1
             if len(texts) >= batch:
@@ -130,15 +125,11 @@ class SignatureTask:
         return {"docs_read": n, "docs": n, "unsigned": unsigned, "runs": runs}
 
 
-@dataclass
-class BucketTask:
+@dataclass(kw_only=True)
+class BucketTask(DedupTask):
     """Merge one band group across shards and write its duplicate pairs."""
 
-    id: str
     group: int
-    work: str
-    res: Resources
-    size_bytes: int = 0
 
     def run(self) -> dict[str, Any]:
         work = Path(self.work)
@@ -187,16 +178,11 @@ class BucketTask:
         return {"pairs": written, "runs": runs, "files": len(files)}
 
 
-@dataclass
-class ClusterTask:
+@dataclass(kw_only=True)
+class ClusterTask(DedupTask):
     """Union-find over all pairs; write per-shard removal lists and the cluster summary."""
 
-    id: str
-    work: str
     n_shards: int
-    groups: int
-    res: Resources
-    size_bytes: int = 0
 
     def run(self) -> dict[str, Any]:
         work = Path(self.work)
@@ -218,31 +204,20 @@ class ClusterTask:
             "rounds": found.rounds,
             "spilled_runs": found.spilled_runs,
         }
-        tmp = work / f"clusters.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, work / "clusters.json")
+        atomic_write_text(work / "clusters.json", json.dumps(summary, indent=1, sort_keys=True))
         return summary
 
 
-@dataclass
-class FilterTask:
+@dataclass(kw_only=True)
+class FilterTask(OutputTask):
     """Copy one shard without the documents its removal list names."""
 
-    id: str
-    shard: int
-    path: str
-    out: str
-    work: str
-    res: Resources
-    example_docs: list
-    removed_dir: str = ""  # where to write the per-document removal record ("" = don't)
-    size_bytes: int = 0
-    expected_docs: int = -1  # documents an earlier stage read from this shard
+    example_docs: list[int]  # global ids of this shard's documents shown in the report's example clusters
 
     def run(self) -> dict[str, Any]:
         wanted = {int(x) for x in self.example_docs}
         examples = []
-        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+        log = self.removed_log()
 
         def seen(gid: int, doc) -> None:
             if gid in wanted:
@@ -253,8 +228,8 @@ class FilterTask:
             return "minhash_duplicate"
 
         removals = Path(self.work) / "clusters" / f"remove.s{self.shard:05d}.bin"
-        st = copy_without_removed("minhash", self.shard, self.path, self.out, removals, self.res, log, removed, seen,
-                                  expected_docs=self.expected_docs, counted_by="minhash-signatures")
+        st = self.copy_without_removed("minhash", removals, removed, seen, counted_by="minhash-signatures")
+        log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
 
@@ -269,47 +244,45 @@ class MinHashStage:
 
     name = "minhash"
 
-    def __init__(self, config: MinHashConfig, res: Resources | None = None, bucket_groups: int = 0, verbose: bool = True):
+    def __init__(self, config: MinHashConfig, res: Resources | None = None, bucket_groups: int = 0,
+                 output_format: str = "jsonl.zst") -> None:
         config.validate()
         self.config = config
         self.res = res or Resources()
         self.bucket_groups = bucket_groups
-        self.verbose = verbose
+        self.output_format = output_format
 
-    def groups(self, exec_workers: int) -> int:
+    def groups(self) -> int:
         """Bucket tasks: the setting, else 16 (<= bands). Not derived from the worker count, so
         a run can be resumed with another --workers."""
         return min(self.config.bands, self.bucket_groups or 16)
 
-    def run(self, inputs: list[Path], ctx: Any):
+    def run(self, inputs: list[Path], ctx: StageContext) -> StageResult:
         """Run the four stages (each resumable) and return a StageResult."""
-        from falconlm.data.executor import StageResult
-
         work = work_dir(ctx, self.name)
-        groups = self.groups(ctx.exec.workers)
+        groups = self.groups()
         check_settings(work, {"minhash": asdict(self.config), "groups": groups, "inputs": [str(p) for p in inputs]})
-        if self.verbose:
+        if ctx.exec.progress:
             print(s_curve_table(self.config.bands, self.config.rows), flush=True)
         out_dir = ctx.stage_dir(self.name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cfg = asdict(self.config)
-        sig = [SignatureTask(f"s{i:05d}", i, str(p), str(work), cfg, self.res, groups, size_of(p)) for i, p in enumerate(inputs)]
+        common = {"work": str(work), "res": self.res}
+        shards = [{"id": f"s{i:05d}", "shard": i, "path": str(p), "reader": ctx.reader, "size_bytes": size_of(p), **common}
+                  for i, p in enumerate(inputs)]
+        sig = [SignatureTask(config=self.config, groups=groups, **s) for s in shards]
         sig_res = run_stage(Stage("minhash-signatures", sig, ctx.marker_dir("minhash-signatures")), ctx.exec)
-        buckets = [BucketTask(f"g{g:03d}", g, str(work), self.res) for g in range(groups)]
+        buckets = [BucketTask(id=f"g{g:03d}", group=g, **common) for g in range(groups)]
         run_stage(Stage("minhash-buckets", buckets, ctx.marker_dir("minhash-buckets")), ctx.exec)
         [summary] = run_stage(
-            Stage("minhash-clusters", [ClusterTask("clusters", str(work), len(inputs), groups, self.res)], ctx.marker_dir("minhash-clusters")),
+            Stage("minhash-clusters", [ClusterTask(id="clusters", n_shards=len(inputs), **common)], ctx.marker_dir("minhash-clusters")),
             ctx.exec,
         )
         example_docs = [m for ex in summary["examples"] for m in ex["members"]]
-        outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
+        outs = [output_path(out_dir, i, self.output_format) for i in range(len(inputs))]
         filt = [
-            FilterTask(
-                f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res,
-                [d for d in example_docs if split_id(d)[0] == i], removed_dir(ctx, self.name, self.res), size_of(p),
-                expected_docs=sig_res[i]["docs"],
-            )
-            for i, p in enumerate(inputs)
+            FilterTask(out=str(outs[i]), output_format=self.output_format, removed_dir=removed_dir(ctx, self.name, self.res),
+                       expected_docs=sig_res[i]["docs"], example_docs=[d for d in example_docs if split_id(d)[0] == i], **s)
+            for i, s in enumerate(shards)
         ]
         results = run_stage(Stage("minhash-filter", filt, ctx.marker_dir("minhash-filter")), ctx.exec)
         total = StepStats("minhash")
@@ -345,6 +318,4 @@ def check_settings(work: Path, settings: dict) -> None:
         if path.read_text(encoding="utf-8") != text:
             raise FalconError(f"{work} holds a run with other dedup settings or inputs; use a new --out directory or delete it")
         return
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from falconlm.atomic import atomic_open, commit, temp_path
 from falconlm.errors import FalconError
 
 MAGIC = b"FLDEDUP1"
@@ -27,24 +28,15 @@ KEY_DOC = np.dtype([("key", "<u8"), ("doc", "<u8")])
 PAIR = np.dtype([("a", "<u8"), ("b", "<u8")])
 
 
-def atomic_path(path: Path) -> Path:
-    """The temporary name a file is written under before it is renamed into place."""
-    return path.with_name(path.name + f".tmp{os.getpid()}")
-
-
 def write_records(path: str | os.PathLike, records: np.ndarray, sorted_: bool = False) -> None:
-    """Write a structured array atomically (temp file, fsync, rename)."""
+    """Write a structured array atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = np.ascontiguousarray(records).tobytes()
     header = _HEADER.pack(MAGIC, records.dtype.itemsize, 1 if sorted_ else 0, len(records), xxhash.xxh64_intdigest(payload))
-    tmp = atomic_path(path)
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(header)
         f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _sorted_ok(chunk: np.ndarray) -> bool:
@@ -127,14 +119,14 @@ def read_records(path: str | os.PathLike, dtype: np.dtype) -> np.ndarray:
 
 
 class RecordWriter:
-    """Streaming, atomic writer: append chunks, then `close()` renames into place (with its header)."""
+    """Streaming, atomic writer: append chunks, then `close()` writes the header and commits the file."""
 
     def __init__(self, path: str | os.PathLike, dtype: np.dtype, sorted_: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dtype = np.dtype(dtype)
         self.sorted = sorted_
-        self.tmp = atomic_path(self.path)
+        self.tmp = temp_path(self.path)
         self.f = open(self.tmp, "wb")
         self.f.write(b"\0" * HEADER_SIZE)
         self.h = xxhash.xxh64()
@@ -148,13 +140,11 @@ class RecordWriter:
         self.count += len(chunk)
 
     def close(self) -> None:
-        """Write the header, fsync and rename."""
+        """Write the header and commit the file (fsync, rename into place)."""
         self.f.seek(0)
         self.f.write(_HEADER.pack(MAGIC, self.dtype.itemsize, 1 if self.sorted else 0, self.count, self.h.intdigest()))
-        self.f.flush()
-        os.fsync(self.f.fileno())
         self.f.close()
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
 
     def __enter__(self) -> "RecordWriter":
         return self

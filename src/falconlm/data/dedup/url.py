@@ -18,13 +18,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import numpy as np
 import xxhash
 
+from falconlm.atomic import atomic_write_text
+from falconlm.data.config import Resources, UrlDedupConfig
 from falconlm.data.dedup.common import (
-    RemovedLog,
-    Resources,
+    DedupTask,
+    OutputTask,
+    ShardTask,
     global_id,
-    iter_shard,
     output_path,
-    copy_without_removed,
     removed_dir,
     size_of,
     stats_dict,
@@ -33,7 +34,8 @@ from falconlm.data.dedup.common import (
 from falconlm.data.dedup.merge import merge_groups
 from falconlm.data.dedup.external_sort import ExternalSorter
 from falconlm.data.dedup.records import KEY_DOC, PAIR, RecordWriter, ShardRemovalWriter, write_records
-from falconlm.data.executor import Stage, StageResult, report_progress, run_stage
+from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import StepStats
 
 INDEX_DOC = np.uint64(2**64 - 1)  # "doc" of index records: sorts after every real document
@@ -65,33 +67,14 @@ def url_key(url: str) -> int:
     return xxhash.xxh64_intdigest(normalize_url(url).encode("utf-8"))
 
 
-@dataclass
-class UrlDedupConfig:
-    """URL dedup settings: where the persistent index of kept URLs lives (None: this run only)."""
-
-    index: str | None = None
-    update_index: bool = True  # add this run's kept URLs to the index
-
-    def to_dict(self) -> dict:
-        """Resolved form."""
-        return asdict(self)
-
-
-@dataclass
-class UrlKeyTask:
+@dataclass(kw_only=True)
+class UrlKeyTask(ShardTask):
     """Hash one shard's URLs into sorted (key, doc) records."""
-
-    id: str
-    shard: int
-    path: str
-    work: str
-    res: Resources
-    size_bytes: int = 0
 
     def run(self) -> dict[str, Any]:
         keys, docs = [], []
         n = 0
-        for i, doc in enumerate(iter_shard(self.path, self.res)):
+        for i, doc in enumerate(self.documents()):
             n += 1
             if doc.url:
                 keys.append(url_key(doc.url))
@@ -111,20 +94,16 @@ def index_files(index: str | None, exclude_run: str) -> list[Path]:
     return sorted(p for p in Path(index).glob("urls-*.bin") if p.name != f"urls-{exclude_run}.bin")
 
 
-@dataclass
-class UrlDecideTask:
+@dataclass(kw_only=True)
+class UrlDecideTask(DedupTask):
     """Merge all shards' keys with the index: first document per URL wins."""
 
-    id: str
-    work: str
     n_shards: int
-    config: dict
-    run_id: str
-    res: Resources
-    size_bytes: int = 0
+    config: UrlDedupConfig
+    run_id: str  # names this run's file in the index (so a resumed run ignores what it wrote itself)
 
     def run(self) -> dict[str, Any]:
-        cfg = UrlDedupConfig(**self.config)
+        cfg = self.config
         work = Path(self.work)
         files = [work / "keys" / f"s{s:05d}.bin" for s in range(self.n_shards)] + index_files(cfg.index, self.run_id)
         chunk = max(1024, self.res.memory_bytes // (3 * KEY_DOC.itemsize * max(1, len(files))))
@@ -169,23 +148,13 @@ class UrlDecideTask:
         return {"kept_urls": kept, "duplicates": dup, "seen_in_earlier_runs": seen_before}
 
 
-@dataclass
-class UrlFilterTask:
+@dataclass(kw_only=True)
+class UrlFilterTask(OutputTask):
     """Copy one shard without its URL duplicates."""
-
-    id: str
-    shard: int
-    path: str
-    out: str
-    work: str
-    res: Resources
-    removed_dir: str = ""
-    size_bytes: int = 0
-    expected_docs: int = -1  # documents an earlier stage read from this shard
 
     def run(self) -> dict[str, Any]:
         examples = []
-        log = RemovedLog(Path(self.removed_dir) / f"{self.shard:05d}.jsonl" if self.removed_dir else None)
+        log = self.removed_log()
 
         def removed(doc, earlier_run: int) -> str:
             reason = "url_seen_in_earlier_run" if earlier_run else "url_duplicate"
@@ -195,8 +164,8 @@ class UrlFilterTask:
             return reason
 
         removals = Path(self.work) / "remove" / f"s{self.shard:05d}.bin"
-        st = copy_without_removed("url_dedup", self.shard, self.path, self.out, removals, self.res, log, removed,
-                                  expected_docs=self.expected_docs, counted_by="url-keys")
+        st = self.copy_without_removed("url_dedup", removals, removed, counted_by="url-keys")
+        log.close()
         report_progress(docs=st.docs_in, nbytes=self.size_bytes)
         return {"docs_read": st.docs_in, "stats": st.to_dict(), "examples": examples}
 
@@ -206,11 +175,13 @@ class UrlDedupStage:
 
     name = "url_dedup"
 
-    def __init__(self, config: UrlDedupConfig | None = None, res: Resources | None = None):
+    def __init__(self, config: UrlDedupConfig | None = None, res: Resources | None = None,
+                 output_format: str = "jsonl.zst") -> None:
         self.config = config or UrlDedupConfig()
         self.res = res or Resources()
+        self.output_format = output_format
 
-    def run(self, inputs: list[Path], ctx: Any) -> StageResult:
+    def run(self, inputs: list[Path], ctx: StageContext) -> StageResult:
         """Run the three stages (each resumable) and return a StageResult."""
         from falconlm.data.dedup.minhash_stage import check_settings
 
@@ -218,23 +189,22 @@ class UrlDedupStage:
         check_settings(work, {"url": asdict(self.config), "inputs": [str(p) for p in inputs]})
         rid_path = work / "run_id"
         if not rid_path.exists():
-            tmp = rid_path.with_name(f"run_id.tmp-{os.getpid()}")
-            tmp.write_text(uuid.uuid4().hex, encoding="utf-8")
-            os.replace(tmp, rid_path)
+            atomic_write_text(rid_path, uuid.uuid4().hex)
         run_id = rid_path.read_text(encoding="utf-8").strip()
         out_dir = ctx.stage_dir(self.name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        keys = [UrlKeyTask(f"s{i:05d}", i, str(p), str(work), self.res, size_of(p)) for i, p in enumerate(inputs)]
+        common = {"work": str(work), "res": self.res}
+        shards = [{"id": f"s{i:05d}", "shard": i, "path": str(p), "reader": ctx.reader, "size_bytes": size_of(p), **common}
+                  for i, p in enumerate(inputs)]
+        keys = [UrlKeyTask(**s) for s in shards]
         key_res = run_stage(Stage("url-keys", keys, ctx.marker_dir("url-keys")), ctx.exec)
-        [decision] = run_stage(
-            Stage("url-decide", [UrlDecideTask("decide", str(work), len(inputs), asdict(self.config), run_id, self.res)], ctx.marker_dir("url-decide")),
-            ctx.exec,
-        )
-        outs = [output_path(out_dir, i, self.res) for i in range(len(inputs))]
+        decide = UrlDecideTask(id="decide", n_shards=len(inputs), config=self.config, run_id=run_id, **common)
+        [decision] = run_stage(Stage("url-decide", [decide], ctx.marker_dir("url-decide")), ctx.exec)
+        outs = [output_path(out_dir, i, self.output_format) for i in range(len(inputs))]
         filt = [
-            UrlFilterTask(f"s{i:05d}", i, str(p), str(outs[i]), str(work), self.res, removed_dir(ctx, self.name, self.res), size_of(p),
-                          expected_docs=key_res[i]["docs_read"])
-            for i, p in enumerate(inputs)
+            UrlFilterTask(out=str(outs[i]), output_format=self.output_format, removed_dir=removed_dir(ctx, self.name, self.res),
+                          expected_docs=key_res[i]["docs_read"], **s)
+            for i, s in enumerate(shards)
         ]
         results = run_stage(Stage("url-filter", filt, ctx.marker_dir("url-filter")), ctx.exec)
         total = StepStats(self.name)
