@@ -1,5 +1,5 @@
 """Document-wise quality filters: the Gopher quality rules (Rae et al. App. A.1.1) with
-datatrove's semantics (falcon-facts A.5), so decisions agree with `GopherQualityFilter`."""
+datatrove's semantics (docs/refinedweb.md), so decisions agree with `GopherQualityFilter`."""
 
 from __future__ import annotations
 

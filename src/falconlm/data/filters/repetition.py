@@ -1,5 +1,5 @@
 """Repetition removal: the Gopher / MassiveText rules (Rae et al. Table A1), with datatrove's
-counting semantics (falcon-facts A.4) so that decisions agree with `GopherRepetitionFilter`.
+counting semantics (docs/refinedweb.md) so that decisions agree with `GopherRepetitionFilter`.
 
 All character fractions divide by len(text). Paragraphs = text.strip() split on blank lines;
 lines = text split on runs of newlines. "Duplicate" = every occurrence after the first.

@@ -15,7 +15,7 @@ from falconlm.data.document import Document
 from falconlm.data.step import PipelineStep
 from falconlm.errors import FalconError
 
-# The UT1 categories RefinedWeb kept (falcon-facts A.1, Table 13).
+# The UT1 categories RefinedWeb kept (its Table 13; docs/refinedweb.md).
 UT1_CATEGORIES = (
     "adult", "phishing", "dating", "gambling", "filehosting", "ddos", "agressif", "chat", "mixed_adult", "arjel",
 )
