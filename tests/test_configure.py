@@ -23,7 +23,7 @@ from falconlm.train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every subcommand whose flags come from falconlm.configure. A command joins the help test by being listed here.
-CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart"]
+CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve"]
 
 
 @dataclass

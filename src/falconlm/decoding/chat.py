@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from falconlm.decoding.settings import GenerationConfig
+
 HELP = "/reset clears the history, /quit or Ctrl-D leaves, Ctrl-C stops a reply"
 
 
@@ -109,22 +111,35 @@ class ChatSession:
         return answer, interrupted
 
 
+@dataclass
+class ChatCommand:
+    """What `falconlm chat` loads and how it answers."""
+
+    checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json, optional chat template)
+    system: str | None = None  # system message kept at the top of the conversation
+    dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the chat options."""
-    parser.add_argument("checkpoint", help="checkpoint directory (config.json, safetensors, tokenizer.json, optional chat template)")
-    parser.add_argument("--system", default=None, help="system message kept at the top of the conversation")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="most tokens per reply (default 256, at most half the context)")
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy; default 0.7")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: random)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    """Declare the chat options: one per ChatCommand field, plus --config."""
+    from falconlm.configure import Derived, add_config_arguments
+    from falconlm.decoding.generate_cli import GENERATION_ALIASES, NOT_FLAGS
+
+    defaults = {
+        "generation.do_sample": True,
+        "generation.temperature": 0.7,
+        "generation.top_p": 0.9,
+        "generation.max_new_tokens": Derived("256, at most half the context"),
+    }
+    # The template's stop strings end a reply; the chat has no others.
+    add_config_arguments(parser, ChatCommand, aliases=GENERATION_ALIASES, skip=NOT_FLAGS + ("generation.stop_strings",),
+                         positional=("checkpoint",), defaults=defaults)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint and talk until /quit or end of input."""
-    from falconlm.decoding.settings import GenerationConfig
+    from falconlm.configure import config_from_args
     from falconlm.errors import FalconError
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.chat_template import load_chat_template
@@ -134,21 +149,22 @@ def run(args: argparse.Namespace) -> int:
         import readline  # noqa: F401  line editing and history for input()
     except ImportError:
         pass
-    model = FalconForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
-    tokenizer = FalconTokenizer.load(args.checkpoint)
-    template = load_chat_template(args.checkpoint)
+    cmd = config_from_args(ChatCommand, args)
+    model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype)
+    tokenizer = FalconTokenizer.load(cmd.checkpoint)
+    template = load_chat_template(cmd.checkpoint)
     context = model.config.max_position_embeddings
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else min(256, context // 2)
-    generation = GenerationConfig(
-        max_new_tokens=max_new, do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop_strings=list(template.stop_strings), seed=args.seed,
-        eos_token_id=model.config.eos_token_id,
-    )
+    generation = cmd.generation
+    if generation.max_new_tokens is None:
+        generation.max_new_tokens = min(256, context // 2)
+    max_new = generation.max_new_tokens
+    generation.stop_strings = list(template.stop_strings)
+    generation.eos_token_id = model.config.eos_token_id
     generation.validate()
-    session = ChatSession(model, tokenizer, template, generation, system=args.system)
+    session = ChatSession(model, tokenizer, template, generation, system=cmd.system)
     if session.budget < 1:
         raise FalconError(f"--max-new-tokens {max_new} leaves no room for a prompt in the context of {context} tokens")
-    print(f"falconlm chat: {args.checkpoint} ({model.num_parameters() / 1e6:.1f} M parameters, context {context} tokens, "
+    print(f"falconlm chat: {cmd.checkpoint} ({model.num_parameters() / 1e6:.1f} M parameters, context {context} tokens, "
           f"template {template.origin}). {HELP}.", flush=True)
 
     def write(text: str) -> None:
@@ -173,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             if command == "/reset":
                 session.reset()
-                print("(history cleared" + (", system message kept)" if args.system else ")"))
+                print("(history cleared" + (", system message kept)" if cmd.system else ")"))
             else:
                 print(f"(unknown command {command}; {HELP})")
             continue

@@ -26,8 +26,8 @@ import torch
 
 from falconlm.decoding.detokenizer import Detokenizer, text_decoder
 from falconlm.decoding.head_screen import screen_for
-from falconlm.decoding.sampling import TokenPicker, next_tokens
-from falconlm.decoding.settings import GenerationConfig, row_generator
+from falconlm.decoding.sampling import TokenPicker, next_tokens, row_generator
+from falconlm.decoding.settings import GenerationConfig
 from falconlm.decoding.step import DecodeStep
 from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM

@@ -10,8 +10,8 @@ import torch
 
 from falconlm.decoding.detokenizer import Decode, Detokenizer, text_decoder
 from falconlm.decoding.head_screen import screen_for
-from falconlm.decoding.sampling import TokenPicker
-from falconlm.decoding.settings import GenerationConfig, resolve, row_generator
+from falconlm.decoding.sampling import TokenPicker, row_generator
+from falconlm.decoding.settings import GenerationConfig, resolve
 from falconlm.decoding.step import DecodeStep, decode_session
 from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM

@@ -1,62 +1,72 @@
-"""`falconlm generate CHECKPOINT_DIR --prompt ...`: text from a checkpoint, streamed or at once, with tokens/s."""
+"""`falconlm generate CHECKPOINT_DIR --prompt ...`: text from a checkpoint, streamed or at once, with tokens/s.
+
+Its flags come from `GenerateCommand` through falconlm.configure: the generation settings are
+GenerationConfig's own fields (`--generation.top-p`, also spelled `--top-p`), as everywhere else.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import dataclass, field
+
+from falconlm.configure import add_config_arguments, config_from_args
+from falconlm.decoding.settings import GenerationConfig
+
+# GenerationConfig fields a command line does not set: sampling is on (temperature 0 is greedy),
+# eos and pad come from the checkpoint, logprobs are the server's.
+NOT_FLAGS = tuple(f"generation.{name}" for name in ("do_sample", "eos_token_id", "pad_token_id", "logprobs", "prompt_logprobs"))
+GENERATION_ALIASES = {
+    f"generation.{name}": "--" + name.replace("_", "-")
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "ignore_eos", "screen_head")
+} | {"generation.stop_strings": "--stop"}
+
+
+@dataclass
+class GenerateCommand:
+    """What `falconlm generate` loads, prints, and how it picks tokens."""
+
+    checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json)
+    prompt: list[str] = field(default_factory=list)  # prompt text; several make a batch
+    dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    stream: bool = False  # print the text as it is generated (one prompt)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the generate options."""
-    parser.add_argument("checkpoint", help="checkpoint directory (config.json, safetensors, tokenizer.json)")
-    parser.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
-    parser.add_argument("--stream", action="store_true", help="print tokens as they are generated (one prompt)")
+    """Declare the generate options: one per GenerateCommand field, plus --config."""
+    add_config_arguments(parser, GenerateCommand, aliases=GENERATION_ALIASES, skip=NOT_FLAGS, positional=("checkpoint",),
+                         defaults={"generation.temperature": 0.0, "generation.do_sample": True})
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, generate, print the text and a tokens/s line."""
     from falconlm.decoding.generate import TextStream
-    from falconlm.decoding.settings import GenerationConfig
     from falconlm.errors import FalconError
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 
-    if args.stream and len(args.prompt) > 1:
+    cmd = config_from_args(GenerateCommand, args)
+    if not cmd.prompt:
+        raise FalconError("give the text to continue with --prompt (several for a batch)")
+    if cmd.stream and len(cmd.prompt) > 1:
         raise FalconError("--stream prints one prompt at a time; pass a single --prompt")
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=True,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        stop_strings=args.stop,
-        seed=args.seed,
-    )
-    config.validate()
-    model = FalconForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
-    tokenizer = FalconTokenizer.load(args.checkpoint)
-    stream = TextStream(model, tokenizer, [tokenizer.encode(p) for p in args.prompt], config)
+    cmd.generation.validate()
+    model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype)
+    tokenizer = FalconTokenizer.load(cmd.checkpoint)
+    stream = TextStream(model, tokenizer, [tokenizer.encode(p) for p in cmd.prompt], cmd.generation)
     start = time.perf_counter()
     for deltas in stream:
-        if args.stream and deltas[0]:
+        if cmd.stream and deltas[0]:
             sys.stdout.write(deltas[0])
             sys.stdout.flush()
     elapsed = time.perf_counter() - start
     results = stream.completions
-    if args.stream:
+    if cmd.stream:
         print()
     else:
-        for prompt, result in zip(args.prompt, results):
+        for prompt, result in zip(cmd.prompt, results):
             print(prompt + result.text)
             if len(results) > 1:
                 print("---")

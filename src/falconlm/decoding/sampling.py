@@ -7,6 +7,8 @@ draws exactly from p and lets each row keep its own seeded stream whatever else 
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from falconlm.decoding.head_screen import HeadScreen
@@ -70,3 +72,13 @@ class TokenPicker:
             if exact is not None:
                 return exact
         return next_tokens(self.logits(hidden), seen, cfg, generators)
+
+
+def row_generator(cfg: GenerationConfig, row: int, device: torch.device | str) -> torch.Generator | None:
+    """The sampling generator of one row: seeded with seed + row, so a row's draws never depend on its neighbours."""
+    if cfg.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**62)
+    generator.manual_seed(seed + row)
+    return generator

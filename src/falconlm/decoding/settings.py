@@ -1,12 +1,9 @@
-"""GenerationConfig: how to pick new tokens, for every caller (the Python API, the CLIs, each server request)."""
+"""GenerationConfig: how to pick new tokens, for every caller (the Python API, the CLIs, each server request). Torch-free, so command-line help stays fast."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-
-import torch
 
 from falconlm.errors import FalconError
 
@@ -88,13 +85,3 @@ def resolve(config: GenerationConfig | None, model_config: Any, overrides: dict[
     if unknown:
         raise FalconError(f"unknown generation option {unknown[0]!r}; known: {', '.join(sorted(known))}")
     return replace(config or GenerationConfig(), **overrides).for_model(model_config)
-
-
-def row_generator(cfg: GenerationConfig, row: int, device: torch.device | str) -> torch.Generator | None:
-    """The sampling generator of one row: seeded with seed + row, so a row's draws never depend on its neighbours."""
-    if cfg.greedy:
-        return None
-    generator = torch.Generator(device=device)
-    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**62)
-    generator.manual_seed(seed + row)
-    return generator

@@ -1,29 +1,45 @@
-"""`falconlm serve CHECKPOINT_DIR`: the OpenAI-compatible server (FastAPI + uvicorn) over one checkpoint."""
+"""`falconlm serve CHECKPOINT_DIR`: the OpenAI-compatible server (FastAPI + uvicorn) over one checkpoint.
+
+Sampling settings arrive with each request; the flags (from `ServeCommand`) say what to serve and how.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+from falconlm.configure import add_config_arguments, config_from_args
+
+
+@dataclass
+class ServeCommand:
+    """What `falconlm serve` loads, where it listens, and how much it takes on at once."""
+
+    checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json)
+    host: str = "127.0.0.1"  # address to bind (127.0.0.1: this machine only)
+    port: int = 8000  # TCP port
+    max_batch_size: int = 16  # rows decoded together (continuous batching)
+    max_queue: int = 64  # waiting requests beyond which the server answers 503
+    max_length: int | None = None  # tokens per row (prompt + completion); None: the model's context
+    api_key: str | None = None  # require 'Authorization: Bearer KEY' on every endpoint but /health
+    dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    served_model_name: str | None = None  # model id clients use; None: the directory name
+    threads: int | None = None  # torch intra-op threads; None: torch's choice
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # server log verbosity
+    step_mode: Literal["auto", "eager", "static", "graph"] = "auto"  # how decode steps run: auto is CUDA graphs on a GPU, eager on CPU
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the serve options."""
-    parser.add_argument("checkpoint", help="checkpoint directory (config.json, safetensors, tokenizer.json)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together (continuous batching)")
-    parser.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the server answers 503")
-    parser.add_argument("--max-length", type=int, default=None, help="tokens per row (prompt + completion); default: the model's context")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every endpoint but /health")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
-    parser.add_argument("--served-model-name", default=None, help="model id clients use (default: the directory name)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    """Declare the serve options: one per ServeCommand field, plus --config."""
+    add_config_arguments(parser, ServeCommand, positional=("checkpoint",))
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the checkpoint, start the engine thread, and serve until interrupted."""
     from falconlm.errors import FalconError
 
+    args = config_from_args(ServeCommand, args)
     if not 0 < args.port < 65536:
         raise FalconError(f"--port must be in 1..65535, got {args.port}")
     if args.max_batch_size < 1 or args.max_queue < 1:
@@ -48,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     limit = model.config.max_position_embeddings
     if args.max_length is not None and not 0 < args.max_length <= limit:
         raise FalconError(f"--max-length must be in 1..{limit} (the model's context), got {args.max_length}")
-    engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length)
+    engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length, step_mode=args.step_mode)
     name = args.served_model_name or served_name(args.checkpoint)
     app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(Path(args.checkpoint).resolve())})
     logging.getLogger("falconlm.serve").info("serving %s (%s) on http://%s:%d/v1, batch %d, queue %d", name, model.config.block_style, args.host, args.port, args.max_batch_size, args.max_queue)
