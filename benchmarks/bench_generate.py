@@ -25,7 +25,7 @@ from falconlm.model.config import FalconConfig
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.hf_interop import to_transformers
 
-# One core streams about 23 GB/s on this kind of machine (issue 2); batch-1 decode reads every weight once per token.
+# One core streams about 23 GB/s on this kind of machine (measured with a large copy); batch-1 decode reads every weight once per token.
 BANDWIDTH_BYTES_PER_S = 23e9
 
 

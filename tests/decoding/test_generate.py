@@ -54,7 +54,7 @@ def test_cached_decode_equals_full_forward(preset):
         chunks.append(ours(ids[:, 14:], cache=cache))
     assert (torch.cat(chunks, dim=1) - full).abs().max().item() < 1e-4
     assert cache.length == 20
-    assert cache.keys.shape[2] == config.kv_heads  # only the real KV heads are stored
+    assert cache.keys.shape[2] == config.stored_kv_heads  # only the real KV heads are stored
 
 
 def test_cache_overflow_and_prompt_too_long():

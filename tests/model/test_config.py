@@ -49,7 +49,7 @@ def test_legacy_refinedweb_40b_config():
 def test_legacy_refinedwebmodel_7b_config():
     legacy = {"model_type": "RefinedWebModel", "hidden_size": 4544, "n_head": 71, "n_layer": 32, "multi_query": True, "parallel_attn": True, "alibi": False, "bias": False, "vocab_size": 65024, "apply_residual_connection_post_layernorm": False}
     config = FalconConfig.from_dict(legacy)
-    assert config.kv_heads == 1 and not config.new_decoder_architecture
+    assert config.stored_kv_heads == 1 and not config.new_decoder_architecture
     assert config.qkv_out_features == 4672
 
 

@@ -74,9 +74,9 @@ def _inspect(target: str) -> int:
 
     config = FalconConfig.load(target)
     print(f"{target}: Falcon, {config.block_style} blocks, {'ALiBi' if config.alibi else f'RoPE theta={config.rope_theta:g}'}")
-    print(f"  layers {config.num_hidden_layers}, hidden {config.hidden_size}, heads {config.num_attention_heads} (kv {config.kv_heads}), head_dim {config.head_dim}")
+    print(f"  layers {config.num_hidden_layers}, hidden {config.hidden_size}, heads {config.num_attention_heads} (kv {config.stored_kv_heads}), head_dim {config.head_dim}")
     print(f"  ffn {config.ffn_hidden_size}, vocab {config.vocab_size}, context {config.max_position_embeddings}, bias {config.bias}")
-    kv_bytes = 2 * config.num_hidden_layers * config.kv_heads * config.head_dim * 2
+    kv_bytes = 2 * config.num_hidden_layers * config.stored_kv_heads * config.head_dim * 2
     print(f"  parameters {_human(config.num_parameters())}; KV cache {_human(kv_bytes)}B per token in bf16")
     if Path(target).is_dir():
         files = checkpoint_files(Path(target))

@@ -71,8 +71,12 @@ class FalconConfig:
         return not self.alibi
 
     @property
-    def kv_heads(self) -> int:
-        """Number of distinct key/value heads stored in the fused QKV and in the KV cache."""
+    def stored_kv_heads(self) -> int:
+        """Key/value heads the model really has, in the fused QKV and in the KV cache.
+
+        `num_kv_heads` is the raw config.json field, kept as HF writes it; it counts only under
+        new_decoder_architecture. Otherwise there is 1 with multi_query, else one per query head.
+        """
         if self.new_decoder_architecture:
             return int(self.num_kv_heads)
         return 1 if self.multi_query else self.num_attention_heads
@@ -80,7 +84,7 @@ class FalconConfig:
     @property
     def qkv_out_features(self) -> int:
         """Rows of the fused query_key_value weight."""
-        return (self.num_attention_heads + 2 * self.kv_heads) * self.head_dim
+        return (self.num_attention_heads + 2 * self.stored_kv_heads) * self.head_dim
 
     @property
     def block_style(self) -> str:
@@ -202,13 +206,13 @@ _7B = dict(multi_query=True, parallel_attn=True, new_decoder_architecture=False,
 _40B = dict(new_decoder_architecture=True, num_kv_heads=8, bias=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Released models (falcon-facts B).
+    # Released models.
     "falcon-rw-1b": dict(vocab_size=50304, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, **_RW),
     "falcon-rw-7b": dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=36, num_attention_heads=64, **_RW),
     "falcon-7b": dict(vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71, **_7B),
     "falcon-40b": dict(vocab_size=65024, hidden_size=8192, num_hidden_layers=60, num_attention_heads=128, **_40B),
     "falcon-180b": dict(vocab_size=65024, hidden_size=14848, num_hidden_layers=80, num_attention_heads=232, **_40B),
-    # The benchmark shapes of issue 2 (small enough for a CPU, same block styles).
+    # Benchmark shapes: small enough for a CPU, the released block styles.
     "bench-7b": dict(vocab_size=65024, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, **_7B),
     "bench-40b": dict(vocab_size=65024, hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, **{**_40B, "num_kv_heads": 4}),
     # Tiny models of each block style, for tests and demos.

@@ -102,8 +102,8 @@ class FalconAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
-        self.kv_heads = config.kv_heads
-        self.group = self.num_heads // self.kv_heads
+        self.stored_kv_heads = config.stored_kv_heads
+        self.group = self.num_heads // self.stored_kv_heads
         self.head_dim = config.head_dim
         self.query_key_value = FalconLinear(config.hidden_size, config.qkv_out_features, bias=config.bias)
         self.dense = FalconLinear(config.hidden_size, config.hidden_size, bias=config.bias)
@@ -111,7 +111,7 @@ class FalconAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
         b, t, _ = x.shape
         # HF row layout: per KV group [q_0 .. q_{g-1}, k, v], head_dim rows each.
-        qkv = self.query_key_value(x).view(b, t, self.kv_heads, self.group + 2, self.head_dim)
+        qkv = self.query_key_value(x).view(b, t, self.stored_kv_heads, self.group + 2, self.head_dim)
         q = qkv[:, :, :, : self.group].reshape(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = qkv[:, :, :, self.group].transpose(1, 2)
         v = qkv[:, :, :, self.group + 1].transpose(1, 2)
@@ -128,9 +128,9 @@ class FalconAttention(nn.Module):
         if t == 1 and not ctx.causal_only:
             # One new token: the g query heads of a group share its K/V, so fold them into the
             # query-length axis and attend to the cached KV heads without ever copying them.
-            qg = q.reshape(b, self.kv_heads, self.group, d)
+            qg = q.reshape(b, self.stored_kv_heads, self.group, d)
             if mask is not None and mask.shape[1] != 1:
-                mask = mask.reshape(b, self.kv_heads, self.group, -1)
+                mask = mask.reshape(b, self.stored_kv_heads, self.group, -1)
             return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, h, 1, d)
         if self.group > 1 and not _HAS_ENABLE_GQA:
             k = k.repeat_interleave(self.group, dim=1)
@@ -367,7 +367,7 @@ class FalconForCausalLM(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"style={c.block_style}, layers={c.num_hidden_layers}, heads={c.num_attention_heads}, kv_heads={c.kv_heads}, {'alibi' if c.alibi else 'rope'}"
+        return f"style={c.block_style}, layers={c.num_hidden_layers}, heads={c.num_attention_heads}, kv_heads={c.stored_kv_heads}, {'alibi' if c.alibi else 'rope'}"
 
 
 def build_model(config: FalconConfig, dtype: torch.dtype = torch.float32, device: Any = "cpu", seed: int | None = None) -> FalconForCausalLM:

@@ -1,7 +1,7 @@
 """A preallocated KV cache that stores only the real key/value heads.
 
 transformers broadcasts Falcon-40B's 8 KV heads to all 128 query heads before caching; we keep
-`config.kv_heads` heads (1 for Falcon-7B), and attention groups the query heads onto them.
+`config.stored_kv_heads` heads (1 for Falcon-7B), and attention groups the query heads onto them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ class KVCache:
     """Keys and values for every layer, plus each slot's position id and validity (for padding)."""
 
     def __init__(self, config: FalconConfig, batch_size: int, max_length: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
-        shape = (config.num_hidden_layers, batch_size, config.kv_heads, max_length, config.head_dim)
+        shape = (config.num_hidden_layers, batch_size, config.stored_kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.zeros(batch_size, max_length, dtype=torch.long, device=device)

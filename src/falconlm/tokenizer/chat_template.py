@@ -11,7 +11,7 @@ Default rendering (what Falcon-instruct was tuned on, with our role names):
 A checkpoint may override it with `chat_template.jinja` in its directory, or a `chat_template`
 string in `tokenizer_config.json` (transformers' convention); both are Jinja templates rendered
 with `messages`, `add_generation_prompt`, `bos_token` and `eos_token`, in a sandbox as
-transformers does. Serving and fine-tuning (issue 8) both render through `ChatTemplate.render`,
+transformers does. Serving and fine-tuning both render through `ChatTemplate.render`,
 so a model is trained on exactly the text it is later prompted with.
 """
 

@@ -1,7 +1,7 @@
 """The Falcon tokenizer: byte-level BPE with Falcon's pre-tokenisation and its twelve special tokens.
 
 Everything heavy is done by HF `tokenizers` (Rust); this module only sets it up the way the
-released Falcon tokenizer is set up (see reference/falcon-facts.md section E) and saves files
+released Falcon tokenizer is set up (its pre-tokenizer splits, byte-level alphabet and special tokens, see docs/falcon.md) and saves files
 that `transformers.PreTrainedTokenizerFast` loads unchanged.
 """
 
