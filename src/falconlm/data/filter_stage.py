@@ -15,18 +15,18 @@ from typing import Any
 from falconlm.data.config import RefineConfig
 from falconlm.data.document import Document
 from falconlm.data.executor import Stage, report_progress, run_stage
+from falconlm.data.extract import Extract
 from falconlm.data.readers import ReaderOptions, input_format, read_documents
 from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import PipelineStep, Step, StepStats, run_steps
 from falconlm.data.writers import ShardWriter, shard_name
 
 EXAMPLE_CHARS = 600
-EXTRACT = "extract"  # the step that turns HTML into text
 
 
 def build_steps(steps: list[Step], html: bool = True) -> list[PipelineStep]:
     """The working steps; inputs that already hold text (JSONL/Parquet) skip extraction."""
-    return [s.build() for s in steps if html or s.name != EXTRACT]
+    return [s.build() for s in steps if html or s.kind is not Extract]
 
 
 def _stem(index: int, path: Path, slice_index: int, num_slices: int) -> str:
