@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast demo bench clean
 
 # The CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.torch:
@@ -24,6 +24,11 @@ install: $(VENV)/.test
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
+
+# The quick loop while editing, under a minute on 2 cores: the suite without the tests marked slow
+# (seconds each) or distributed (torchrun, Ray). `make test` still runs everything.
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 demo: $(VENV)/.demo
 	$(VENV)/bin/falconlm quickstart --out out/quickstart

@@ -54,12 +54,15 @@ def test_ray_executor_matches_local(inputs, local_run, tmp_path):
     assert len(list((out / "markers" / "filter").glob("*.json"))) == 3
 
 
+@pytest.mark.slow
 def test_process_pool_matches_in_process(inputs, local_run, tmp_path):
     out = tmp_path / "pool"
     run_refine([inputs], out, recipe="refinedweb-filter", config=CFG, exec_config=ExecConfig(workers=2, progress=False))
     assert outputs(out) == local_run
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_refine_command_starts_ray_once(tmp_path, monkeypatch, capsys):
     """The full recipe (filter + the dedup stages' ten sub-stages) shares one Ray session, shut down at the end."""
     ray = pytest.importorskip("ray")

@@ -94,6 +94,7 @@ def test_report_is_written(sample_run):
     assert "Examples of dropped documents" in html
 
 
+@pytest.mark.slow
 def test_full_recipe_removes_the_planted_duplicates(tmp_path):
     cfg = replace(RefineConfig(keep_dropped=True), extract=ExtractConfig(extractor="resiliparse"))
     run_refine([sample_path()], tmp_path, recipe="refinedweb", config=cfg, exec_config=ExecConfig(progress=False))

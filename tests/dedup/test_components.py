@@ -104,6 +104,7 @@ def _peak_bytes(n_pairs: int, tmp_path, budget: int) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_memory_stays_within_budget_as_pairs_grow(tmp_path):
     budget = 1 << 20
     small = _peak_bytes(25_000, tmp_path, budget)

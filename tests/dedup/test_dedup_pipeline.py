@@ -32,6 +32,7 @@ def _run(inputs, out, config, exec_config=QUIET):
     return run_refine(inputs, out, "dedup", RefineConfig(dedup=config), exec_config).stats
 
 
+@pytest.mark.slow
 def test_minhash_refinedweb_recall_and_precision(fixture_corpus, tmp_path, read_output):
     shards, truth = fixture_corpus
     cfg = DedupConfig(minhash=MinHashConfig.preset("refinedweb"), exact_substring=None, url=None, resources=Resources(memory_mb=16))
@@ -159,6 +160,7 @@ def test_resume_after_failure_in_every_stage_is_byte_identical(small_corpus, tmp
     del es, us
 
 
+@pytest.mark.slow
 def test_kill_and_resume_cli_is_byte_identical(small_corpus, tmp_path):
     shards, _ = small_corpus
     args = [sys.executable, "-m", "falconlm", "dedup", *map(str, shards), "--minhash", "refinedweb", "--exact-substring",

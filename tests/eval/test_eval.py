@@ -140,6 +140,7 @@ def test_lm_eval_adapter_on_bundled_tasks(trained):
     assert text.strip() == "Pa"  # "Paris", cut before the stop string "ri"
 
 
+@pytest.mark.slow
 def test_evaluate_cli(trained, tmp_path):
     ckpt, _, _ = trained
     data = tmp_path / "heldout.jsonl"

@@ -79,6 +79,7 @@ def chat_env():
     return {**os.environ, "TERM": "dumb", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow
 def test_chat_in_a_pseudo_terminal_answers_two_turns_resets_and_quits(full_run):
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(sys.executable, ["-m", "falconlm", "chat", str(full_run / "model"), "--temperature", "0", "--max-new-tokens", "24"],
@@ -105,6 +106,7 @@ def test_chat_in_a_pseudo_terminal_answers_two_turns_resets_and_quits(full_run):
     assert child.exitstatus == 0, child.before
 
 
+@pytest.mark.slow
 def test_chat_reads_piped_input_and_exits_cleanly_at_end_of_input(full_run):
     q, a = H.FACTS[3]
     out = subprocess.run([sys.executable, "-m", "falconlm", "chat", str(full_run / "model"), "--temperature", "0", "--max-new-tokens", "24"],

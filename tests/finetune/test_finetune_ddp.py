@@ -15,6 +15,8 @@ from falconlm.testing import run_torchrun
 WORKER = Path(__file__).resolve().parent / "dist_finetune.py"
 FINAL = {"full": "model/model.safetensors", "lora": "adapter/adapter_model.safetensors"}
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def ddp_out(base_ckpt, train_file, tmp_path_factory) -> Path:

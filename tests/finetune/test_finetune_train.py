@@ -52,6 +52,7 @@ def test_full_finetuning_learns_the_instruction_set(full_run, base_ckpt):
     assert json.loads((full_run / "data_report.json").read_text())["samples"] == len(H.records())
 
 
+@pytest.mark.slow
 def test_lora_learns_and_changes_only_the_adapters(base_ckpt, train_file, tmp_path, monkeypatch, run_cli):
     from falconlm.finetune import lora as lora_mod
 
@@ -89,6 +90,7 @@ def test_lora_learns_and_changes_only_the_adapters(base_ckpt, train_file, tmp_pa
     assert_learned(unmerged.eval(), base_ckpt)
 
 
+@pytest.mark.slow
 def test_merged_adapter_equals_unmerged_and_loads_in_transformers(lora_run, base_ckpt, tmp_path):
     transformers = pytest.importorskip("transformers")
     from falconlm.cli import main
@@ -118,6 +120,7 @@ def test_merged_adapter_equals_unmerged_and_loads_in_transformers(lora_run, base
         assert hf_tok.decode(theirs[0, ids.shape[1] :], skip_special_tokens=True) == f" {a}\n"
 
 
+@pytest.mark.slow
 def test_peft_loads_our_adapter_with_the_same_logits(lora_run, base_ckpt):
     pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")

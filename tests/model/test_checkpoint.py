@@ -162,6 +162,7 @@ print(size, max(peak[0], anon()) - base)
 """
 
 
+@pytest.mark.slow
 def test_loading_needs_about_one_copy_of_the_weights(tmp_path):
     config = FalconConfig.from_preset("tiny-7b", vocab_size=32000, hidden_size=512, num_attention_heads=8, num_hidden_layers=4)
     model = FalconForCausalLM(config)

@@ -13,6 +13,8 @@ from falconlm.train.config import TrainConfig
 from falconlm.train.data import unigram_entropy
 from falconlm.train.loop import pretrain
 
+pytestmark = [pytest.mark.slow]
+
 
 def test_heldout_loss_on_bundled_sample_falls_well_below_unigram_entropy(tmp_path, capsys):
     if cli_main(["refine", "--sample", "--out", str(tmp_path / "refined"), "--workers", "1"]) != 0:

@@ -14,6 +14,8 @@ from falconlm.train.loop import pretrain
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def dist_runs(sample_shards, tmp_path_factory) -> Path:
