@@ -3,7 +3,9 @@
 Each step the engine (1) drops cancelled requests, (2) admits waiting requests into free rows
 (each prefilled alone, batch 1, then its keys/values copied into the shared cache, right-aligned
 under the fill pointer so its earlier slots are padding), (3) decodes one token for every active
-row in a single forward pass. Keys are stored after RoPE and attention masks come from per-slot
+row in a single forward pass (the decode step of decoding/step.py: a CUDA graph per batch size on
+a GPU). Picking and detokenizing are the ones `generate` uses, with each row's own
+GenerationConfig and seeded generator. Keys are stored after RoPE and attention masks come from per-slot
 validity, so a row's tokens are the tokens it would get alone. Finished or cancelled rows are
 freed between steps (the last active row moves into the hole, keeping active rows a prefix);
 when padding piles up at the front, the cache is compacted.
