@@ -212,3 +212,17 @@ def test_static_step_makes_no_host_sync(monkeypatch):
         monkeypatch.undo()
     assert calls == [], calls
     assert hidden.shape == (2, config.hidden_size) and cache.length == 5
+
+
+def test_generate_command_prints_the_core_text(tiny_ckpt, capsys):
+    from falconlm.cli import main
+
+    model, tok = _load(tiny_ckpt)
+    prompt = "the falcon flies over"
+    free = generate_text(model, tok, [tok.encode(prompt)], GenerationConfig(max_new_tokens=30, ignore_eos=True))[0].text
+    stop = free.strip()[6:10]
+    want = free[: free.find(stop)]
+    assert main(["generate", str(tiny_ckpt), "--prompt", prompt, "--max-new-tokens", "30", "--ignore-eos", "--stop", stop]) == 0
+    assert capsys.readouterr().out == prompt + want + "\n"
+    assert main(["generate", str(tiny_ckpt), "--prompt", prompt, "--max-new-tokens", "30", "--ignore-eos", "--stop", stop, "--stream"]) == 0
+    assert capsys.readouterr().out == want + "\n"
