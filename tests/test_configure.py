@@ -23,7 +23,10 @@ from falconlm.train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every subcommand whose flags come from falconlm.configure. A command joins the help test by being listed here.
-CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve"]
+CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve",
+             "refine", "dedup"]
+# The few arguments a command keeps beside its configs' flags: shortcuts onto those flags, no field of their own.
+EXTRA = {"refine": ["--no-dedup", "--set"], "dedup": ["--minhash", "--tokenizer"]}
 
 
 @dataclass
@@ -262,6 +265,9 @@ def test_help_lists_every_field_once_with_its_default(command, monkeypatch):
             default = spec["defaults"].get(leaf.path, leaf.default)
             tail = "(required)" if default is dataclasses.MISSING else f"(default: {configure.show(default)})"
             assert found[0].endswith(tail), f"{command}: {canonical} help {found[0]!r} does not end with {tail!r}"
+    for flag in EXTRA.get(command, ()):
+        assert sum(flag in names for names, _ in entries) == 1, f"{command}: {flag} listed {sum(flag in names for names, _ in entries)} times"
+        expected += 1
     assert len(entries) == expected, f"{command}: {len(entries)} arguments, {expected} expected (a flag not made from the config?)"
 
 

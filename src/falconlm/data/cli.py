@@ -1,20 +1,56 @@
 """`falconlm refine`: raw web pages (WARC / JSONL / Parquet) -> clean, filtered text shards.
 
-Parse the flags, fill the RefineConfig dataclass (config.py), call the runner (refine.py)."""
+The flags come from three dataclasses through falconlm.configure: `RefineCommand` (inputs, output
+directory, recipe), `RefineConfig` (data/config.py: every threshold, as `--section.field`, e.g.
+`--quality.min-doc-words 40`, with the spellings users know as aliases: `--languages`, `--format`...)
+and `ExecConfig` (executor.py, as `--exec.field`, also spelled `--workers`, `--executor`...). A
+`--config` YAML file holds RefineConfig's keys at the top level and ExecConfig's under `exec:`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
+import difflib
 import typing
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from falconlm import configure
+from falconlm.configure import Derived, add_config_arguments, config_from_args
 from falconlm.errors import FalconError
 
 SAMPLE = ("sample", "sample.warc.gz")
+FILTER_RECIPE = "refinedweb-filter"  # what --no-dedup runs
+# Internals of one task, set by the runner for each slice of a file: never flags.
+NOT_FLAGS = ("reader.slice_index", "reader.num_slices")
+# RefineConfig paths -> the spellings `falconlm refine` has always accepted.
+ALIASES: dict[str, str | tuple[str, ...]] = {
+    "extract.extractor": "--extractor",
+    "language.languages": "--languages",
+    "reader.limit": "--limit",
+    "reader.text_key": "--text-key",
+    "reader.id_key": "--id-key",
+    "url.blocklist_dir": "--url-blocklist",
+    "output_format": "--format",
+    "keep_dropped": "--keep-dropped",
+    "slices_per_file": "--slices-per-file",
+}
+EXEC_ALIASES: dict[str, str | tuple[str, ...]] = {
+    "workers": "--workers", "executor": "--executor", "ray_address": "--ray-address", "progress": "--no-progress",
+}
+
+
+@dataclass
+class RefineCommand:
+    """What `falconlm refine` reads, where it writes, and which recipe it runs."""
+
+    inputs: list[str] = field(default_factory=list)  # files, globs or directories (WARC, JSONL, Parquet)
+    out: str | None = None  # output directory: shards in OUT/data, stats.json, config.json, report.html
+    sample: bool = False  # add the bundled sample WARC to the inputs
+    recipe: str = "refinedweb"  # refinedweb (filters, then dedup) or refinedweb-filter (filters only)
 
 
 def sample_path() -> Path:
@@ -22,159 +58,155 @@ def sample_path() -> Path:
     return Path(str(resources.files("falconlm.assets").joinpath(*SAMPLE)))
 
 
+def add_exec_arguments(parser: argparse.ArgumentParser) -> None:
+    """ExecConfig's flags (`--exec.workers`, also `--workers`, ...), shared by refine and dedup."""
+    from falconlm.data.executor import ExecConfig
+
+    add_config_arguments(parser, ExecConfig, section="exec", aliases=EXEC_ALIASES)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of `falconlm refine` (thresholds: --set section.field=value or --config YAML)."""
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, globs or directories (WARC, JSONL, Parquet)")
-    p.add_argument("--out", help="output directory (default with --sample: out/refine-sample)")
-    p.add_argument("--sample", action="store_true", help="add the bundled sample WARC to the inputs")
-    p.add_argument("--recipe", default="refinedweb", help="refinedweb (default) or refinedweb-filter")
-    p.add_argument("--no-dedup", action="store_true", help="filter only (same as --recipe refinedweb-filter)")
-    p.add_argument("--workers", type=int, default=1, help="parallel tasks (processes, or Ray CPUs)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
-    p.add_argument("--ray-address", default=None, help="connect to this Ray cluster (default: start a local one)")
-    p.add_argument("--extractor", choices=["trafilatura", "resiliparse"], default=None)
-    p.add_argument("--languages", default=None, help="comma-separated ISO-639-1 codes to keep (default en)")
-    p.add_argument("--limit", type=int, default=None, help="read at most N documents per input task")
-    p.add_argument("--url-blocklist", default=None, metavar="DIR", help="UT1-format blocklist directory (or a file)")
-    p.add_argument("--format", dest="output_format", default=None, help="jsonl.zst (default), jsonl.gz, jsonl, parquet")
-    p.add_argument("--keep-dropped", action="store_true", help="also write dropped documents with their reason")
-    p.add_argument("--text-key", default=None, help="text field of JSONL/Parquet inputs (default text)")
-    p.add_argument("--slices-per-file", type=int, default=None, help="split each input file into N tasks (default 1)")
-    p.add_argument("--config", default=None, help="YAML file filling the RefineConfig dataclass")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="override one setting, e.g. --set quality.min_doc_words=40 --set language.min_score=0.5",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """Flags of `falconlm refine`: RefineCommand's, RefineConfig's and ExecConfig's fields, plus two shortcuts."""
+    from falconlm.data.config import RefineConfig
+
+    add_config_arguments(p, RefineCommand, positional=("inputs",), defaults={"out": Derived("out/refine-sample with --sample, else required")})
+    p.add_argument("--no-dedup", action="store_true", help=f"filter only: the same as --recipe {FILTER_RECIPE}")
+    add_config_arguments(p, RefineConfig, aliases=ALIASES, skip=NOT_FLAGS)
+    add_exec_arguments(p)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="another spelling of --section.field VALUE, e.g. --set quality.min_doc_words=40")
+    tuple_flags(p)
 
 
-def _coerce(value: str, typ: Any) -> Any:
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin is typing.Union or origin is types.UnionType:
-        if value.lower() in ("none", "null", ""):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0])
-    if typ is bool:
-        return value.lower() in ("1", "true", "yes", "on")
-    if typ is int:
-        return int(value)
-    if typ is float:
-        return float(value)
-    if origin is tuple:
-        import yaml
+# ---------------------------------------------------------------------------- tuple-typed fields
 
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):
-            parsed = [x.strip() for x in parsed.split(",") if x.strip()]
-        return _to_tuple(parsed)
-    return value
+def _deep_tuple(value: Any) -> Any:
+    """Lists and tuples, nested too, as tuples."""
+    return tuple(_deep_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _to_tuple(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_to_tuple(v) for v in x)
-    return x
+def parse_tuple(hint: Any, text: str) -> tuple:
+    """A tuple field's command-line text: `en,de` (comma-separated) or YAML such as `[[2, 0.2], [3, 0.18]]`."""
+    import yaml
+
+    if text.lstrip().startswith(("[", "(")):
+        try:
+            value = yaml.safe_load(text.replace("(", "[").replace(")", "]"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"expected a YAML list, got {text!r} ({getattr(exc, 'problem', None) or exc})") from None
+    else:
+        value = [x.strip() for x in text.split(",") if x.strip()]
+    args = typing.get_args(hint)
+    item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+    if item in (str, int, float):
+        return tuple(configure.coerce(v, item) for v in value)
+    return _deep_tuple(value)
 
 
-def apply_overrides(config: Any, items: dict[str, Any]) -> Any:
-    """Set nested dataclass fields from a {"section.field": value} map (strings are coerced)."""
-    for key, value in items.items():
-        parts = key.split(".")
-        config = _set(config, parts, value, key)
-    return config
+def _is_tuple(hint: Any) -> bool:
+    """Whether a type hint names a tuple."""
+    return typing.get_origin(hint) is tuple
 
 
-def _set(obj: Any, parts: list[str], value: Any, key: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    if parts[0] not in fields:
-        raise FalconError(f"unknown setting {key!r}: {type(obj).__name__} has {', '.join(fields)}")
-    if len(parts) == 1:
-        hints = typing.get_type_hints(type(obj))
-        typ = hints[parts[0]]
-        v = _coerce(value, typ) if isinstance(value, str) else _to_tuple(value)
-        return dataclasses.replace(obj, **{parts[0]: v})
-    child = getattr(obj, parts[0])
-    if child is None:  # an optional section that is off (a dedup method): setting a field turns it on
-        inner = [a for a in typing.get_args(typing.get_type_hints(type(obj))[parts[0]]) if dataclasses.is_dataclass(a)]
-        child = inner[0]() if inner else None
-    if not dataclasses.is_dataclass(child):
-        raise FalconError(f"setting {key!r}: {parts[0]} is not a section")
-    return dataclasses.replace(obj, **{parts[0]: _set(child, parts[1:], value, key)})
+def tuple_flags(parser: argparse.ArgumentParser) -> None:
+    """Give the flags of tuple fields (`--languages en,de`) a parser for lists; configure reads them as one value."""
+    # configure keeps no handle on the actions it adds; the parser's own table finds them by their flag
+    for spec in (parser.get_default(configure.SPECS) or {}).values():
+        for leaf in configure.leaves(spec["cls"]):
+            if leaf.path in spec["options"] and _is_tuple(leaf.hint) and spec["options"][leaf.path][0].startswith("--"):
+                parser._option_string_actions[spec["options"][leaf.path][0]].type = _tuple_type(leaf.hint)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _tuple_type(hint: Any) -> Any:
+    """An argparse `type` for a tuple field: parse_tuple, its errors as usage errors."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return parse_tuple(hint, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def canonical(obj: Any) -> Any:
+    """`obj` with tuple fields as tuples all the way down (YAML gives lists) and each value equal to its default as that default.
+
+    The runner compares fingerprints of the JSON form, where 3 and 3.0 differ: a float field whose
+    default is written 3 must hash the same when its config.json is passed back as --config.
+    """
+    hints, base, changes = typing.get_type_hints(type(obj)), type(obj)(), {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = canonical(value)
+        elif _is_tuple(hints[f.name]) and isinstance(value, (list, tuple)):
+            value = _deep_tuple(value)
+        changes[f.name] = getattr(base, f.name) if value == getattr(base, f.name) else value
+    return dataclasses.replace(obj, **changes)
+
+
+# ---------------------------------------------------------------------------- --set
+
+def apply_sets(args: argparse.Namespace, items: list[str]) -> argparse.Namespace:
+    """A copy of `args` in which each `--set section.field=value` is given as its flag `--section.field value`."""
+    args = argparse.Namespace(**vars(args))
+    settable: dict[str, tuple[configure.Leaf, bool]] = {}
+    for spec in (getattr(args, configure.SPECS, None) or {}).values():
+        all_leaves = configure.leaves(spec["cls"])
+        for leaf in all_leaves:
+            if leaf.path in spec["options"] and spec["options"][leaf.path][0].startswith("--"):
+                dest = f"{spec['section']}.{leaf.path}" if spec["section"] else leaf.path
+                section = any(other.path.startswith(leaf.path + ".") for other in all_leaves)  # an optional section's on/off leaf
+                settable[dest] = (leaf, section)
+    for item in items:
+        key, eq, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not eq:
+            raise FalconError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        if key not in settable:
+            close = difflib.get_close_matches(key, list(settable), n=3)
+            raise FalconError(f"unknown setting {key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        leaf, section = settable[key]
+        try:
+            if section and text.lower() in ("none", "null"):  # `dedup.url=none` switches a dedup method off
+                value: Any = False
+            elif _is_tuple(leaf.hint):
+                value = parse_tuple(leaf.hint, text)
+            else:
+                value = configure.coerce(text, leaf.hint, leaf.choices)
+        except ValueError as exc:
+            raise FalconError(f"--set {key}: {exc}") from None
+        setattr(args, key, value)
+    args.set = []  # given now as their flags: a second call changes nothing
+    return args
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    """RefineConfig from --config YAML, then the dedicated flags, then --set overrides."""
+    """RefineConfig from its defaults, then the --config YAML, then the flags (and --set, the same flags spelled otherwise)."""
     from falconlm.data.config import RefineConfig
 
-    cfg = RefineConfig()
-    if args.config:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise FalconError(f"cannot read --config {args.config}: {exc.strerror}") from exc
-        cfg = apply_overrides(cfg, _flatten(data))
-    flags: dict[str, Any] = {}
-    if args.extractor:
-        flags["extract.extractor"] = args.extractor
-    if args.languages:
-        flags["language.languages"] = tuple(x.strip() for x in args.languages.split(",") if x.strip())
-    if args.limit is not None:
-        flags["reader.limit"] = args.limit
-    if args.url_blocklist:
-        flags["url.blocklist_dir"] = args.url_blocklist
-    if args.output_format:
-        flags["output_format"] = args.output_format
-    if args.keep_dropped:
-        flags["keep_dropped"] = True
-    if args.text_key:
-        flags["reader.text_key"] = args.text_key
-    if args.slices_per_file is not None:
-        flags["slices_per_file"] = args.slices_per_file
-    cfg = apply_overrides(cfg, flags)
-    sets = {}
-    for item in args.set:
-        if "=" not in item:
-            raise FalconError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        k, v = item.split("=", 1)
-        sets[k.strip()] = v.strip()
-    return apply_overrides(cfg, sets)
+    return canonical(config_from_args(RefineConfig, apply_sets(args, getattr(args, "set", None) or [])))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the recipe and print the summary."""
     from falconlm.data.executor import ExecConfig
     from falconlm.data.refine import run_refine
-    from falconlm.data.writers import FORMATS
 
-    inputs = list(args.inputs)
-    if args.sample:
-        inputs.append(str(sample_path()))
+    full = apply_sets(args, args.set)
+    cmd = config_from_args(RefineCommand, full)
+    inputs = list(cmd.inputs) + ([str(sample_path())] if cmd.sample else [])
     if not inputs:
         raise FalconError("give at least one INPUT (file, glob or directory), or --sample")
-    out = args.out or ("out/refine-sample" if args.sample else None)
+    out = cmd.out or ("out/refine-sample" if cmd.sample else None)
     if not out:
         raise FalconError("--out DIR is required")
-    if args.workers < 1:
+    exec_config = config_from_args(ExecConfig, full, section="exec")
+    if exec_config.workers < 1:
         raise FalconError("--workers must be at least 1")
-    config = build_config(args)
-    if config.output_format not in FORMATS:
-        raise FalconError(f"--format {config.output_format}: choose one of {', '.join(FORMATS)}")
-    recipe = "refinedweb-filter" if args.no_dedup else args.recipe
-    exec_config = ExecConfig(workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress)
+    config = build_config(full)
+    recipe = FILTER_RECIPE if args.no_dedup else cmd.recipe
     res = run_refine(inputs, out, recipe=recipe, config=config, exec_config=exec_config)
     print(res.summary())
     return 0

@@ -1,82 +1,122 @@
 """`falconlm dedup`: MinHash, exact-substring and URL dedup over JSONL/Parquet shards.
 
-Parse the flags, fill the config dataclasses (data/config.py), run the `dedup` recipe with the runner."""
+The flags come from dataclasses through falconlm.configure, as in `falconlm refine`: `DedupCommand`
+(inputs, output directory, `--estimate`), the part of `RefineConfig` the `dedup` recipe reads
+(`--dedup.minhash.bands`, also `--bands`; `--reader.text-key`, also `--text-key`; `--format`...)
+and `ExecConfig` (`--workers`...). Two shortcuts are not fields: `--minhash [PRESET]` names a
+MinHash shape, `--tokenizer` sets the tokenizer of both methods that use one.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from falconlm.configure import add_config_arguments, config_from_args
+from falconlm.data.cli import NOT_FLAGS, add_exec_arguments, canonical, tuple_flags
 
 if TYPE_CHECKING:
     from falconlm.data.config import RefineConfig
 
+METHODS = ("minhash", "exact_substring", "url")  # DedupConfig's sections, in the order they run
+# RefineConfig paths -> the spellings `falconlm dedup` has always accepted.
+ALIASES: dict[str, str | tuple[str, ...]] = {
+    "dedup.minhash": "--no-minhash",  # switching it on is --minhash [PRESET]
+    "dedup.minhash.bands": "--bands",
+    "dedup.minhash.rows": "--rows",
+    "dedup.minhash.ngram": "--ngram",
+    "dedup.minhash.seed": "--seed",
+    "dedup.bucket_groups": "--bucket-groups",
+    "dedup.exact_substring": "--exact-substring",
+    "dedup.exact_substring.min_tokens": "--min-tokens",
+    "dedup.exact_substring.mode": "--mode",
+    "dedup.exact_substring.min_chars": "--min-chars",
+    "dedup.exact_substring.max_duplicate_fraction": "--max-duplicate-fraction",
+    "dedup.exact_substring.part_tokens": "--part-tokens",
+    "dedup.url": "--url",
+    "dedup.url.index": "--url-index",
+    "dedup.resources.memory_mb": "--memory-mb",
+    "dedup.resources.write_removed": "--write-removed",
+    "output_format": "--format",
+    "reader.text_key": "--text-key",
+    "reader.id_key": "--id-key",
+    "reader.limit": "--limit",
+}
+
+
+@dataclass
+class DedupCommand:
+    """What `falconlm dedup` reads and where it writes, or the estimate it prints instead."""
+
+    inputs: list[str]  # JSONL(.gz/.zst) / Parquet files, globs or directories
+    out: str  # run directory: output shards go to OUT/data, plus stats.json, config.json, report.html
+    estimate: int | None = None  # print the disk/memory estimate for this many documents and exit
+    recipe: Literal["dedup"] = "dedup"  # not a flag: the key config.json holds, so that the file reads back as --config
+
+
+def _not_read_by_dedup() -> tuple[str, ...]:
+    """RefineConfig paths the `dedup` recipe never reads (the filter steps' sections): no flags here."""
+    from falconlm.configure import leaves
+    from falconlm.data.config import RefineConfig
+
+    used = ("dedup.", "reader.", "output_format")
+    return NOT_FLAGS + tuple(leaf.path for leaf in leaves(RefineConfig) if not leaf.path.startswith(used))
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of `falconlm dedup` (no heavy imports here)."""
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL(.gz/.zst) / Parquet files, globs or directories")
-    p.add_argument("--out", required=True, help="run directory: output shards go to OUT/data, plus stats.json")
-    g = p.add_argument_group("methods (none given: all three, RefinedWeb order)")
-    g.add_argument("--minhash", metavar="PRESET", nargs="?", const="refinedweb",
-                   help="fuzzy dedup: refinedweb (450x20, default), fineweb (14x8) or custom (with --bands/--rows)")
-    g.add_argument("--exact-substring", action="store_true", help="cut spans of >= --min-tokens tokens that occur twice")
-    g.add_argument("--url", action="store_true", help="keep the first document per normalised URL")
-    m = p.add_argument_group("MinHash")
-    m.add_argument("--bands", type=int, help="LSH bands (custom shape; implies --minhash)")
-    m.add_argument("--rows", type=int, help="rows (hashes) per band (custom shape; implies --minhash)")
-    m.add_argument("--ngram", type=int, default=5, help="shingle size (default 5)")
-    m.add_argument("--seed", type=int, default=1, help="permutation seed (default 1)")
-    m.add_argument("--tokenizer", help="tokenizer.json: shingle/match token ids instead of normalised words")
-    m.add_argument("--bucket-groups", type=int, default=0, help="bucket tasks (default 16, at most one per band)")
-    e = p.add_argument_group("exact substring")
-    e.add_argument("--min-tokens", type=int, default=50, help="shortest duplicated span removed (default 50)")
-    e.add_argument("--mode", default="cut", choices=["cut", "drop-any", "drop-partial"], help="default cut")
-    e.add_argument("--min-chars", type=int, default=20, help="cut mode: drop documents left shorter (default 20)")
-    e.add_argument("--max-duplicate-fraction", type=float, default=0.2, help="drop-partial threshold (default 0.2)")
-    e.add_argument("--part-tokens", type=int, default=0, help="tokens per suffix-array part (default: from --memory-mb)")
-    u = p.add_argument_group("URL")
-    u.add_argument("--url-index", help="directory of the persistent index of URLs kept by earlier runs")
-    r = p.add_argument_group("resources")
-    r.add_argument("--workers", type=int, default=1, help="parallel tasks (default 1)")
-    r.add_argument("--executor", default="local", choices=["local", "ray"], help="default local")
-    r.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
-    r.add_argument("--memory-mb", type=int, default=2048, help="memory budget per task in MiB (default 2048)")
-    r.add_argument("--format", default="jsonl.zst", help="output format: jsonl.zst, jsonl.gz, jsonl or parquet")
-    r.add_argument("--text-key", default="text")
-    r.add_argument("--id-key", default="id")
-    r.add_argument("--write-removed", action="store_true", help="write OUT/removed/<stage>/*.jsonl: what was removed per document")
-    r.add_argument("--estimate", type=int, metavar="N", help="print the disk/memory estimate for N documents and exit")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    """Flags of `falconlm dedup`: DedupCommand's, RefineConfig's dedup/reader/output fields, ExecConfig's, two shortcuts."""
+    from falconlm.data.config import PRESETS, RefineConfig
+
+    add_config_arguments(p, DedupCommand, positional=("inputs",), skip=("recipe",))
+    add_config_arguments(p, RefineConfig, aliases=ALIASES, skip=_not_read_by_dedup())
+    p.add_argument("--minhash", dest="minhash_preset", metavar="PRESET", nargs="?", const="refinedweb",
+                   help=f"run MinHash with a named shape: {', '.join(f'{k} ({b}x{r})' for k, (b, r) in PRESETS.items())}, "
+                        "or custom (with --bands and --rows); no preset: refinedweb")
+    p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json: shingle and match token ids instead of normalised words "
+                   "(sets dedup.minhash.tokenizer and dedup.exact-substring.tokenizer)")
+    add_exec_arguments(p)
+    tuple_flags(p)
 
 
 def build_config(args: argparse.Namespace) -> RefineConfig:
-    """The config of the `dedup` recipe from the parsed flags: dedup settings, input keys, output format."""
-    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources, UrlDedupConfig
-    from falconlm.data.readers import ReaderOptions
+    """The config of the `dedup` recipe: defaults < --config YAML < flags, then the method choice.
+
+    Methods named on the command line (`--minhash`, `--exact-substring`, `--url`, or a MinHash
+    shape `--bands/--rows`) run alone; when none is named, those the config holds run (all three by default).
+    """
+    from falconlm.data.config import MinHashConfig, RefineConfig
     from falconlm.errors import FalconError
 
-    custom = args.bands is not None or args.rows is not None
-    want_minhash = args.minhash is not None or custom
-    if not (want_minhash or args.exact_substring or args.url):
-        want_minhash = args.exact_substring = args.url = True
-    minhash = None
-    if want_minhash:
-        if custom or args.minhash == "custom":
-            if args.bands is None or args.rows is None:
+    cfg = canonical(config_from_args(RefineConfig, args))
+    d = cfg.dedup
+    shape = [k for k in ("bands", "rows") if hasattr(args, f"dedup.minhash.{k}")]
+    preset = getattr(args, "minhash_preset", None)
+    named = {m for m in METHODS if getattr(args, f"dedup.{m}", None) is True}
+    if preset is not None or shape:
+        named.add("minhash")
+    for method in set(METHODS) - named if named else ():
+        setattr(d, method, None)
+    if preset is not None and d.minhash is None:  # named by its shortcut while the YAML file had it off
+        d.minhash = MinHashConfig()
+    if d.minhash is not None:
+        if shape or preset == "custom":
+            if len(shape) < 2:
                 raise FalconError("a custom MinHash shape needs both --bands and --rows")
-            minhash = MinHashConfig(bands=args.bands, rows=args.rows, ngram=args.ngram, seed=args.seed, tokenizer=args.tokenizer)
-        else:
-            minhash = MinHashConfig.preset(args.minhash or "refinedweb", ngram=args.ngram, seed=args.seed, tokenizer=args.tokenizer)
-        minhash.validate()
-    exact = None
-    if args.exact_substring:
-        exact = ExactSubstringConfig(args.min_tokens, args.mode, args.min_chars, args.max_duplicate_fraction, args.part_tokens, args.tokenizer)
-        exact.validate()
-    url = UrlDedupConfig(index=args.url_index) if args.url else None
-    if args.memory_mb < 16:
-        raise FalconError(f"--memory-mb {args.memory_mb} is too small: give at least 16")
-    dedup = DedupConfig(minhash=minhash, exact_substring=exact, url=url, bucket_groups=args.bucket_groups,
-                        resources=Resources(memory_mb=args.memory_mb, write_removed=args.write_removed))
-    return RefineConfig(reader=ReaderOptions(text_key=args.text_key, id_key=args.id_key), output_format=args.format, dedup=dedup)
+        elif preset is not None:
+            named_shape = MinHashConfig.preset(preset)
+            d.minhash = dataclasses.replace(d.minhash, bands=named_shape.bands, rows=named_shape.rows)
+        d.minhash.validate()
+    tokenizer = getattr(args, "tokenizer", None)
+    for method in (d.minhash, d.exact_substring):
+        if method is not None and tokenizer:
+            method.tokenizer = tokenizer
+    if d.exact_substring is not None:
+        d.exact_substring.validate()
+    if d.resources.memory_mb < 16:
+        raise FalconError(f"--memory-mb {d.resources.memory_mb:g} is too small: give at least 16")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,17 +126,18 @@ def run(args: argparse.Namespace) -> int:
     from falconlm.data.readers import expand_inputs
     from falconlm.data.refine import run_refine
 
+    cmd = config_from_args(DedupCommand, args)
     config = build_config(args)
-    if args.estimate is not None:
+    exec_config = config_from_args(ExecConfig, args, section="exec")
+    if cmd.estimate is not None:
         if config.dedup.minhash is not None:
             from falconlm.data.dedup.minhash import s_curve_table
 
             print(s_curve_table(config.dedup.minhash.bands, config.dedup.minhash.rows))
-        print(format_estimate(estimate(config.dedup, args.estimate, workers=args.workers)))
+        print(format_estimate(estimate(config.dedup, cmd.estimate, workers=exec_config.workers)))
         return 0
-    n, avg = count_documents(expand_inputs(args.inputs), config.reader)
-    print(format_estimate(estimate(config.dedup, n, avg or 3000.0, args.workers)), flush=True)
-    exec_config = ExecConfig(workers=args.workers, executor=args.executor, ray_address=args.ray_address, progress=not args.no_progress)
-    res = run_refine(args.inputs, args.out, recipe="dedup", config=config, exec_config=exec_config)
+    n, avg = count_documents(expand_inputs(cmd.inputs), config.reader)
+    print(format_estimate(estimate(config.dedup, n, avg or 3000.0, exec_config.workers)), flush=True)
+    res = run_refine(cmd.inputs, cmd.out, recipe="dedup", config=config, exec_config=exec_config)
     print(res.summary())
     return 0
