@@ -274,3 +274,12 @@ def test_help_lists_every_field_once_with_its_default(command, monkeypatch):
 def test_configure_does_not_import_torch():
     code = "import sys, falconlm.configure, falconlm.train.config; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_tuple_fields_from_flags_and_yaml():
+    assert configure.coerce("en,de", tuple[str, ...]) == ("en", "de")
+    assert configure.coerce(["en"], tuple[str, ...]) == ("en",)
+    assert configure.coerce("[[2, 0.2], [3, 0.18]]", tuple[tuple[int, float], ...]) == ((2, 0.2), (3, 0.18))
+    assert configure.coerce([["2", "0.5"]], tuple[tuple[int, float], ...]) == ((2, 0.5),)
+    with pytest.raises(ValueError, match="expected 2 items"):
+        configure.coerce([[1, 2, 3]], tuple[tuple[int, float], ...])

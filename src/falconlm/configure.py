@@ -142,6 +142,8 @@ def coerce(value: Any, hint: Any, choices: tuple | None = None) -> Any:
         return inner(number)
     if origin is list:
         return [coerce(v, args[0] if args else Any) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if origin is tuple:
+        return _tuple(value, args)
     if origin is dict or inner is dict:
         return _mapping(value)
     if inner is str:
@@ -149,6 +151,27 @@ def coerce(value: Any, hint: Any, choices: tuple | None = None) -> Any:
             raise ValueError(f"expected text, got {value!r}")
         return str(value)
     return value if inner is Any else inner(value)
+
+
+def _tuple(value: Any, args: tuple) -> tuple:
+    """A tuple from a YAML list, `a,b` text or YAML list text (`[[2, 0.2], [3, 0.18]]`), its items coerced by the hint's."""
+    import yaml
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("[", "(")):
+            try:
+                value = yaml.safe_load(text.replace("(", "[").replace(")", "]"))
+            except yaml.YAMLError as exc:
+                raise ValueError(f"expected a list, got {text!r} ({getattr(exc, 'problem', None) or exc})") from None
+        else:
+            value = [x.strip() for x in text.split(",") if x.strip()]
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        return tuple(coerce(v, args[0]) for v in items)
+    if args and len(args) != len(items):
+        raise ValueError(f"expected {len(args)} items, got {value!r}")
+    return tuple(coerce(v, a) for v, a in zip(items, args)) if args else tuple(items)
 
 
 def _mapping(value: Any) -> dict:

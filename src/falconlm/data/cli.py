@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -75,73 +74,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_exec_arguments(p)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="another spelling of --section.field VALUE, e.g. --set quality.min_doc_words=40")
-    tuple_flags(p)
-
-
-# ---------------------------------------------------------------------------- tuple-typed fields
-
-def _deep_tuple(value: Any) -> Any:
-    """Lists and tuples, nested too, as tuples."""
-    return tuple(_deep_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def parse_tuple(hint: Any, text: str) -> tuple:
-    """A tuple field's command-line text: `en,de` (comma-separated) or YAML such as `[[2, 0.2], [3, 0.18]]`."""
-    import yaml
-
-    if text.lstrip().startswith(("[", "(")):
-        try:
-            value = yaml.safe_load(text.replace("(", "[").replace(")", "]"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"expected a YAML list, got {text!r} ({getattr(exc, 'problem', None) or exc})") from None
-    else:
-        value = [x.strip() for x in text.split(",") if x.strip()]
-    args = typing.get_args(hint)
-    item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
-    if item in (str, int, float):
-        return tuple(configure.coerce(v, item) for v in value)
-    return _deep_tuple(value)
-
-
-def _is_tuple(hint: Any) -> bool:
-    """Whether a type hint names a tuple."""
-    return typing.get_origin(hint) is tuple
-
-
-def tuple_flags(parser: argparse.ArgumentParser) -> None:
-    """Give the flags of tuple fields (`--languages en,de`) a parser for lists; configure reads them as one value."""
-    # configure keeps no handle on the actions it adds; the parser's own table finds them by their flag
-    for spec in (parser.get_default(configure.SPECS) or {}).values():
-        for leaf in configure.leaves(spec["cls"]):
-            if leaf.path in spec["options"] and _is_tuple(leaf.hint) and spec["options"][leaf.path][0].startswith("--"):
-                parser._option_string_actions[spec["options"][leaf.path][0]].type = _tuple_type(leaf.hint)
-
-
-def _tuple_type(hint: Any) -> Any:
-    """An argparse `type` for a tuple field: parse_tuple, its errors as usage errors."""
-
-    def parse(text: str) -> tuple:
-        try:
-            return parse_tuple(hint, text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
 
 
 def canonical(obj: Any) -> Any:
-    """`obj` with tuple fields as tuples all the way down (YAML gives lists) and each value equal to its default as that default.
+    """`obj` with each value equal to its default as that default.
 
     The runner compares fingerprints of the JSON form, where 3 and 3.0 differ: a float field whose
     default is written 3 must hash the same when its config.json is passed back as --config.
     """
-    hints, base, changes = typing.get_type_hints(type(obj)), type(obj)(), {}
+    base, changes = type(obj)(), {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             value = canonical(value)
-        elif _is_tuple(hints[f.name]) and isinstance(value, (list, tuple)):
-            value = _deep_tuple(value)
         changes[f.name] = getattr(base, f.name) if value == getattr(base, f.name) else value
     return dataclasses.replace(obj, **changes)
 
@@ -171,8 +116,6 @@ def apply_sets(args: argparse.Namespace, items: list[str]) -> argparse.Namespace
         try:
             if section and text.lower() in ("none", "null"):  # `dedup.url=none` switches a dedup method off
                 value: Any = False
-            elif _is_tuple(leaf.hint):
-                value = parse_tuple(leaf.hint, text)
             else:
                 value = configure.coerce(text, leaf.hint, leaf.choices)
         except ValueError as exc:

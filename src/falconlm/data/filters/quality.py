@@ -19,16 +19,16 @@ STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 class QualityConfig:
     """Gopher thresholds; set one to None to switch its rule off."""
 
-    min_doc_words: int | None = 50
-    max_doc_words: int | None = 100_000
-    min_avg_word_length: float | None = 3
-    max_avg_word_length: float | None = 10
+    min_doc_words: int | None = 50  # fewer words: dropped
+    max_doc_words: int | None = 100_000  # more words: dropped
+    min_avg_word_length: float | None = 3  # mean word length below this: dropped
+    max_avg_word_length: float | None = 10  # mean word length above this: dropped
     max_symbol_word_ratio: float | None = 0.1  # '#' and ellipsis, each, per word
-    max_bullet_lines_ratio: float | None = 0.9
-    max_ellipsis_lines_ratio: float | None = 0.3
-    min_alpha_words_ratio: float | None = 0.8
-    min_stop_words: int | None = 2
-    stop_words: tuple[str, ...] = STOP_WORDS
+    max_bullet_lines_ratio: float | None = 0.9  # share of lines starting with a bullet above this: dropped
+    max_ellipsis_lines_ratio: float | None = 0.3  # share of lines ending in an ellipsis above this: dropped
+    min_alpha_words_ratio: float | None = 0.8  # share of words with a letter below this: dropped
+    min_stop_words: int | None = 2  # fewer distinct stop words present: dropped
+    stop_words: tuple[str, ...] = STOP_WORDS  # the stop words counted (Gopher's eight)
 
 
 @lru_cache(maxsize=65536)

@@ -32,12 +32,12 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 class RepetitionConfig:
     """Gopher Table A1 thresholds: remove a document if a quantity exceeds its threshold."""
 
-    dup_para_frac: float = 0.30
-    dup_para_char_frac: float = 0.20
-    dup_line_frac: float = 0.30
-    dup_line_char_frac: float = 0.20
-    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
-    dup_n_grams: tuple[tuple[int, float], ...] = (
+    dup_para_frac: float = 0.30  # repeated paragraphs / paragraphs
+    dup_para_char_frac: float = 0.20  # characters in repeated paragraphs / characters
+    dup_line_frac: float = 0.30  # repeated lines / lines
+    dup_line_char_frac: float = 0.20  # characters in repeated lines / characters
+    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))  # (n, limit): characters of the most frequent word n-gram / characters
+    dup_n_grams: tuple[tuple[int, float], ...] = (  # (n, limit): characters inside repeated word n-grams / characters
         (5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10),
     )
 

@@ -29,14 +29,14 @@ class URLFilterConfig:
     """Lists and thresholds of the URL stage (None = the bundled default list)."""
 
     blocklist_dir: str | None = None  # a UT1-format directory (<category>/domains) or a file of domains
-    categories: tuple[str, ...] = UT1_CATEGORIES
-    use_default_blocklist: bool = True
-    strict_subwords_file: str | None = None
-    hard_words_file: str | None = None
-    soft_words_file: str | None = None
+    categories: tuple[str, ...] = UT1_CATEGORIES  # UT1 blocklist categories that ban a domain
+    use_default_blocklist: bool = True  # use the bundled UT1 snapshot when blocklist_dir is not given
+    strict_subwords_file: str | None = None  # words banned anywhere in the URL, one per line (None: the bundled list)
+    hard_words_file: str | None = None  # words banning a URL as one of its tokens (None: the bundled list)
+    soft_words_file: str | None = None  # words of which soft_threshold ban a URL (None: the bundled list)
     soft_threshold: int = 2  # soft-list hits needed to ban
     exclude_hq_domains: bool = True  # RefinedWeb Table 14
-    extra_blocked_domains: tuple[str, ...] = field(default_factory=tuple)
+    extra_blocked_domains: tuple[str, ...] = field(default_factory=tuple)  # more domains to ban, e.g. a.com,b.org
 
 
 def _read_list(path: str | os.PathLike | None, default: str) -> list[str]:

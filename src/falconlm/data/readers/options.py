@@ -14,11 +14,11 @@ PositionHook = Callable[[int], None]  # receives the bytes of the input file con
 class ReaderOptions:
     """How to read inputs: keys for JSON/Parquet records, limits, which slice of a file."""
 
-    text_key: str = "text"
-    id_key: str = "id"
+    text_key: str = "text"  # the JSON/Parquet field holding the text
+    id_key: str = "id"  # the JSON/Parquet field holding the document id
     limit: int | None = None  # at most this many documents per input (slice), for quick trials
     slice_index: int = 0  # with num_slices > 1 this reader keeps records i where i % num_slices == slice_index
-    num_slices: int = 1
+    num_slices: int = 1  # how many readers share the file
 
 
 def log_skip(path: Any, why: str) -> None:
