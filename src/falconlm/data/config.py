@@ -157,5 +157,15 @@ class RefineConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes outputs (a rerun with another config must not resume)."""
-        d = self.to_dict()
+        d = _integral_floats_as_ints(self.to_dict())  # 16 and 16.0 configure the same run (YAML and flags differ here)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
