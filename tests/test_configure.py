@@ -23,7 +23,7 @@ from falconlm.train.config import TrainConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every subcommand whose flags come from falconlm.configure. A command joins the help test by being listed here.
-CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve",
+CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve", "merge-lora", "parity",
              "refine", "dedup"]
 # The few arguments a command keeps beside its configs' flags: shortcuts onto those flags, no field of their own.
 EXTRA = {"refine": ["--no-dedup", "--set"], "dedup": ["--minhash", "--tokenizer"]}
@@ -283,3 +283,7 @@ def test_tuple_fields_from_flags_and_yaml():
     assert configure.coerce([["2", "0.5"]], tuple[tuple[int, float], ...]) == ((2, 0.5),)
     with pytest.raises(ValueError, match="expected 2 items"):
         configure.coerce([[1, 2, 3]], tuple[tuple[int, float], ...])
+
+
+def test_every_subcommand_takes_its_flags_from_a_config():
+    assert sorted(CONVERTED) == sorted(COMMANDS)

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 STYLES = {"tiny-7b": "Falcon-7B style (multi-query, parallel, 1 LayerNorm)", "tiny-40b": "Falcon-40B style (grouped KV, ln_attn/ln_mlp)", "tiny-rw": "Falcon-RW style (ALiBi, sequential, biases)"}
 
 
+@dataclass
+class ParityCommand:
+    """Where `falconlm parity` writes its checkpoints and how much it generates."""
+
+    out: str = "out/demo"  # where the checkpoints go
+    new_tokens: int = 32  # tokens each block style generates, ours against transformers'
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the demo options."""
-    parser.add_argument("--out", default="out/demo", help="where the checkpoints go")
-    parser.add_argument("--new-tokens", type=int, default=32)
+    """Declare the parity options: one per ParityCommand field, plus --config."""
+    from falconlm.configure import add_config_arguments
+
+    add_config_arguments(parser, ParityCommand)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         import transformers
     except ImportError:
         transformers = None
+    from falconlm.configure import config_from_args
+
+    args = config_from_args(ParityCommand, args)
     out = Path(args.out)
     rows = []
     for preset, label in STYLES.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -26,16 +27,28 @@ def merge_adapter(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
     return Path(out)
 
 
+@dataclass
+class MergeCommand:
+    """What `falconlm merge-lora` folds together and where it writes."""
+
+    base: str  # base checkpoint directory the adapter was trained on
+    adapter: str  # adapter directory (adapter_config.json + adapter_model.safetensors; ours or PEFT's)
+    out: str  # output checkpoint directory (HF Falcon, loads in transformers)
+    dtype: str | None = None  # float32 | bfloat16 | float16 of the merged weights; None: the base's
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the merge-lora options."""
-    parser.add_argument("base", help="base checkpoint directory the adapter was trained on")
-    parser.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors; ours or PEFT's)")
-    parser.add_argument("--out", required=True, help="output checkpoint directory (HF Falcon, loads in transformers)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 of the merged weights (default: the base's)")
+    """Declare the merge-lora options: one per MergeCommand field, plus --config."""
+    from falconlm.configure import add_config_arguments
+
+    add_config_arguments(parser, MergeCommand, positional=("base", "adapter"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Merge and say where the result is."""
-    out = merge_adapter(args.base, args.adapter, args.out, args.dtype)
-    print(f"merge-lora: {args.adapter} folded into {args.base} -> {out}")
+    from falconlm.configure import config_from_args
+
+    cmd = config_from_args(MergeCommand, args)
+    out = merge_adapter(cmd.base, cmd.adapter, cmd.out, cmd.dtype)
+    print(f"merge-lora: {cmd.adapter} folded into {cmd.base} -> {out}")
     return 0
