@@ -226,3 +226,67 @@ def test_generate_command_prints_the_core_text(tiny_ckpt, capsys):
     assert capsys.readouterr().out == prompt + want + "\n"
     assert main(["generate", str(tiny_ckpt), "--prompt", prompt, "--max-new-tokens", "30", "--ignore-eos", "--stop", stop, "--stream"]) == 0
     assert capsys.readouterr().out == want + "\n"
+
+
+class _ReplayedGraph:
+    """Stands in for a CUDA graph on CPU: replay reruns the captured function into the captured output."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out, self.replays = fn, out, 0
+
+    def replay(self):
+        self.out.copy_(self.fn())
+        self.replays += 1
+
+
+def _fake_graphs(monkeypatch):
+    """Graph mode's bookkeeping (static buffers, capture per batch size, sessions kept per shape) run on CPU."""
+    from falconlm.decoding import step as step_module
+
+    captured = []
+
+    def capture(fn, pool):
+        graph = _ReplayedGraph(fn, fn().clone())
+        captured.append(graph)
+        return graph, graph.out
+
+    monkeypatch.setattr(step_module, "choose_mode", lambda model, mode="auto": "graph" if mode in ("auto", "graph") else mode)
+    monkeypatch.setattr(step_module, "_warm_up", lambda fn: fn())
+    monkeypatch.setattr(step_module, "_capture", capture)
+    monkeypatch.setattr(step_module, "_graph_pool", lambda: None)
+    return captured
+
+
+@pytest.mark.parametrize("preset", STYLES)
+def test_graph_mode_bookkeeping_gives_the_eager_tokens(preset, monkeypatch):
+    config = FalconConfig.from_preset(preset, initializer_range=0.2)
+    model, _ = make_pair(config)
+    ids = torch.randint(12, config.vocab_size, (3, 8), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    want = [generate(model, ids, attention_mask=mask, max_new_tokens=n, eos_token_id=[], step_mode="eager") for n in (12, 30)]
+    captured = _fake_graphs(monkeypatch)
+    got = [generate(model, ids, attention_mask=mask, max_new_tokens=n, eos_token_id=[]) for n in (12, 30)]
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    # Both calls fall in one 256-slot bucket: the second replays the graph the first captured.
+    assert len(captured) == 1 and captured[0].replays == 11 + 29
+    assert len(model._decode_sessions) == 1
+
+
+def test_engine_graph_mode_bookkeeping_gives_the_eager_tokens(tiny_ckpt, monkeypatch):
+    model, tok = _load(tiny_ckpt)
+    jobs = [("the falcon", 12), ("dawn over the desert at", 20), ("x", 7)]
+    runs = []
+    for fake in (False, True):
+        if fake:
+            captured = _fake_graphs(monkeypatch)
+        engine = Engine(model, tok, max_batch_size=3, start=False, step_mode="auto" if fake else "eager")
+        seqs = [Sequence(tok.encode(p), GenerationConfig(max_new_tokens=n, ignore_eos=True)) for p, n in jobs]
+        engine.submit(seqs[:1])
+        engine.step()
+        engine.submit(seqs[1:])
+        while not all(s.done.is_set() for s in seqs):
+            engine.step()
+        runs.append([s.generated for s in seqs])
+    assert runs[0] == runs[1]
+    assert sorted(len(g.out) for g in captured) == [1, 2, 3]  # one graph per batch size the engine ran

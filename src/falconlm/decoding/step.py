@@ -37,22 +37,37 @@ def choose_mode(model: Any, mode: str = "auto") -> str:
     return mode
 
 
+def _warm_up(fn: Any) -> None:
+    """Run fn twice on a side stream (allocator, cuBLAS workspaces), as CUDA graph capture requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def _capture(fn: Any, pool: Any) -> tuple[Any, torch.Tensor]:
+    """Record fn's kernels in a CUDA graph; returns the graph and fn's output tensor, which each replay refills."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class _CapturedStep:
     """One CUDA graph of the static step for one batch size over one cache's storage."""
 
     def __init__(self, model: Any, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, pool: Any):
         self.tokens, self.positions, self.slot = tokens.clone(), positions.clone(), slot.clone()
-        # Warm up on a side stream (allocator, cuBLAS workspaces) with the real inputs of this step:
-        # the cache writes are the ones the step makes anyway, so they are harmless to repeat.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                model.decode_hidden(self.tokens, self.positions, cache, self.slot)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.hidden = model.decode_hidden(self.tokens, self.positions, cache, self.slot)
+
+        def step() -> torch.Tensor:
+            return model.decode_hidden(self.tokens, self.positions, cache, self.slot)
+
+        # The warm-up runs with this step's real inputs: its cache writes are the ones the step
+        # makes anyway, so repeating them is harmless.
+        _warm_up(step)
+        self.graph, self.hidden = _capture(step, pool)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
@@ -60,6 +75,11 @@ class _CapturedStep:
         self.slot.copy_(slot)
         self.graph.replay()
         return self.hidden
+
+
+def _graph_pool() -> Any:
+    """A memory pool the graphs of one step share (their buffers are never live at once)."""
+    return torch.cuda.graph_pool_handle()
 
 
 class DecodeStep:
@@ -84,7 +104,7 @@ class DecodeStep:
         captured = self._graphs.get(key)
         if captured is None:
             if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+                self._pool = _graph_pool()
             captured = self._graphs[key] = _CapturedStep(self.model, cache, tokens, positions, slot, self._pool)
         return captured(tokens, positions, slot)
 
