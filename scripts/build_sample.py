@@ -25,7 +25,6 @@ import argparse
 import gzip
 import json
 import random
-import re
 import uuid
 from pathlib import Path
 

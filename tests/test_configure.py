@@ -16,7 +16,7 @@ import pytest
 
 from falconlm import configure
 from falconlm.cli import COMMANDS, main
-from falconlm.configure import Derived, add_config_arguments, coerce, config_from_args, load_config, save_config
+from falconlm.configure import add_config_arguments, coerce, config_from_args, load_config, save_config
 from falconlm.errors import FalconError
 from falconlm.train.config import TrainConfig
 

@@ -11,7 +11,7 @@ import torch
 
 from falconlm.decoding import head_screen
 from falconlm.decoding.engine import Engine, Sequence
-from falconlm.decoding.generate import TextStream, generate, generate_text, stream_generate
+from falconlm.decoding.generate import TextStream, generate, generate_text
 from falconlm.decoding.settings import GenerationConfig
 from falconlm.decoding.step import DecodeStep
 from falconlm.model.config import FalconConfig
