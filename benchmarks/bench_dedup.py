@@ -67,15 +67,16 @@ def web_corpus(limit: int | None) -> tuple[list[Path], list[dict], list[dict]]:
     if not path.exists():
         import trafilatura
 
+        from falconlm.atomic import atomic_open
+
         t0 = time.time()
         n = 0
-        with open(str(path) + ".tmp", "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", encoding="utf-8") as f:
             for doc in read_documents(WEB):
                 text = trafilatura.extract(doc.text, favor_precision=True, deduplicate=False)
                 if text:
                     f.write(json.dumps({"id": doc.id, "text": text, "url": doc.url}, ensure_ascii=False) + "\n")
                     n += 1
-        os.replace(str(path) + ".tmp", path)
         print(f"extracted {n} web-bench pages in {time.time() - t0:.0f} s (cached in {path})", flush=True)
     truth = json.loads(WEB_TRUTH.read_text())["records"]
     ids = [json.loads(line)["id"] for line in open(path, encoding="utf-8")]
@@ -88,14 +89,13 @@ def web_corpus(limit: int | None) -> tuple[list[Path], list[dict], list[dict]]:
     # 4 shards, like the fixture
     shards_dir = CACHE / f"web-shards-{limit or 'all'}"
     if not shards_dir.exists():
-        tmp = Path(str(shards_dir) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        from falconlm.atomic import atomic_dir
+
         lines = open(path, encoding="utf-8").read().splitlines()[: len(ids)]
         per = -(-len(lines) // 4)
-        for s in range(4):
-            (tmp / f"shard-{s:02d}.jsonl").write_text("".join(x + "\n" for x in lines[s * per : (s + 1) * per]), encoding="utf-8")
-        os.replace(tmp, shards_dir)
+        with atomic_dir(shards_dir) as tmp:
+            for s in range(4):
+                (tmp / f"shard-{s:02d}.jsonl").write_text("".join(x + "\n" for x in lines[s * per : (s + 1) * per]), encoding="utf-8")
     return sorted(shards_dir.glob("shard-*.jsonl")), pairs, urls
 
 
@@ -111,7 +111,14 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
     import falconlm.data.dedup.exact_stage as es
     import falconlm.data.dedup.minhash_stage as ms
     import falconlm.data.dedup.url as us
-    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources, UrlDedupConfig
+    from falconlm.data.config import (
+        DedupConfig,
+        ExactSubstringConfig,
+        MinHashConfig,
+        RefineConfig,
+        Resources,
+        UrlDedupConfig,
+    )
     from falconlm.data.executor import ExecConfig
     from falconlm.data.refine import run_refine
 
@@ -384,7 +391,13 @@ def memory_scaling(quick: bool) -> dict:
     import falconlm.data.dedup.exact_stage as es
     import falconlm.data.dedup.minhash_stage as ms
     import falconlm.data.dedup.url as us
-    from falconlm.data.config import DedupConfig, ExactSubstringConfig, MinHashConfig, RefineConfig, Resources
+    from falconlm.data.config import (
+        DedupConfig,
+        ExactSubstringConfig,
+        MinHashConfig,
+        RefineConfig,
+        Resources,
+    )
     from falconlm.data.executor import ExecConfig
     from falconlm.data.refine import run_refine
 

@@ -24,15 +24,16 @@ Results go to benchmarks/results/refine.json with the machine noted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import platform
+import resource
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from falconlm.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +83,11 @@ def datatrove_pipeline(warc: Path, extractor: str, limit: int | None) -> dict:
     from datatrove.data import Document as DTDocument
     from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.extractors.base import BaseExtractor
-    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter, URLFilter
+    from datatrove.pipeline.filters import (
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+        URLFilter,
+    )
     from datatrove.pipeline.filters.base_filter import BaseFilter
     from datatrove.pipeline.readers import WarcReader
     from tldextract import TLDExtract
@@ -231,9 +236,7 @@ def main() -> int:
         results["falconlm_resiliparse_vs_datatrove_trafilatura"] = round(x, 2)
         print(f"\nfalconlm (resiliparse) vs datatrove (trafilatura): {x:.1f}x")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = a.out.with_name(a.out.name + ".tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_out, a.out)
+    atomic_write_json(a.out, results)
     print(f"saved {a.out}")
     return 0
 

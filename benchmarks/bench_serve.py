@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from falconlm.atomic import atomic_write_json
+
 ROOT = Path(__file__).resolve().parent
 WORDS = "the falcon flies over the desert at dawn while models learn to predict the next token of refined web text".split()
 
@@ -194,9 +196,7 @@ def main() -> int:
     }
     out = Path(args.out) if args.out else ROOT / "results" / ("bench_serve_quick.json" if args.quick else "bench_serve.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_json(out, result)
     print(f"wrote {out}")
     # Greedy texts may differ on a rare fp32 near-tie (batched and single-row kernels round differently);
     # errors (any non-200) fail the run.

@@ -12,7 +12,6 @@ against this machine's measured matmul peak. Results go to benchmarks/results/be
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from falconlm.atomic import atomic_write_json
 
 
 def build(preset: str, layers: int | None, dtype: torch.dtype, seed: int = 0):
@@ -206,9 +207,7 @@ def main() -> None:
           f"{result['ratio_by_cpu_time']:.2f}x cpu time   (matmul peak {peak / 1e9:.1f} GFLOP/s)")
     out = Path(args.out if not args.quick else args.out.replace(".json", "_quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, result)
     print(f"wrote {out}")
 
 
