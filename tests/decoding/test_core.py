@@ -171,20 +171,25 @@ def test_static_step_gives_the_eager_tokens_single_and_left_padded(preset):
     assert DecodeStep(model, "graph").mode == ("graph" if model.device.type == "cuda" else "eager")
 
 
+ENGINE_JOBS = [("the falcon", 12), ("dawn over the desert at", 20), ("x", 7)]
+
+
+def _engine_tokens(model, tok, mode: str) -> list[list[int]]:
+    """Three requests through the engine, the later two joining while the first decodes."""
+    engine = Engine(model, tok, max_batch_size=3, start=False, step_mode=mode)
+    seqs = [Sequence(tok.encode(p), GenerationConfig(max_new_tokens=n, ignore_eos=True)) for p, n in ENGINE_JOBS]
+    engine.submit(seqs[:1])
+    engine.step()
+    engine.step()
+    engine.submit(seqs[1:])
+    while not all(s.done.is_set() for s in seqs):
+        engine.step()
+    return [s.generated for s in seqs]
+
+
 def test_engine_static_step_gives_the_eager_tokens(tiny_40b_ckpt):
     model, tok = _load(tiny_40b_ckpt)
-    runs = []
-    for mode in ("eager", "static"):
-        engine = Engine(model, tok, max_batch_size=3, start=False, step_mode=mode)
-        seqs = [Sequence(tok.encode(p), GenerationConfig(max_new_tokens=n, ignore_eos=True)) for p, n in [("the falcon", 12), ("dawn over the desert at", 20), ("x", 7)]]
-        engine.submit(seqs[:1])
-        engine.step()
-        engine.step()
-        engine.submit(seqs[1:])
-        while not all(s.done.is_set() for s in seqs):
-            engine.step()
-        runs.append([s.generated for s in seqs])
-    assert runs[0] == runs[1]
+    assert _engine_tokens(model, tok, "eager") == _engine_tokens(model, tok, "static")
 
 
 def test_static_step_makes_no_host_sync(monkeypatch):
@@ -275,18 +280,7 @@ def test_graph_mode_bookkeeping_gives_the_eager_tokens(preset, monkeypatch):
 
 def test_engine_graph_mode_bookkeeping_gives_the_eager_tokens(tiny_ckpt, monkeypatch):
     model, tok = _load(tiny_ckpt)
-    jobs = [("the falcon", 12), ("dawn over the desert at", 20), ("x", 7)]
-    runs = []
-    for fake in (False, True):
-        if fake:
-            captured = _fake_graphs(monkeypatch)
-        engine = Engine(model, tok, max_batch_size=3, start=False, step_mode="auto" if fake else "eager")
-        seqs = [Sequence(tok.encode(p), GenerationConfig(max_new_tokens=n, ignore_eos=True)) for p, n in jobs]
-        engine.submit(seqs[:1])
-        engine.step()
-        engine.submit(seqs[1:])
-        while not all(s.done.is_set() for s in seqs):
-            engine.step()
-        runs.append([s.generated for s in seqs])
-    assert runs[0] == runs[1]
+    eager = _engine_tokens(model, tok, "eager")
+    captured = _fake_graphs(monkeypatch)
+    assert _engine_tokens(model, tok, "auto") == eager
     assert sorted(len(g.out) for g in captured) == [1, 2, 3]  # one graph per batch size the engine ran
