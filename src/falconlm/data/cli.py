@@ -10,7 +10,6 @@ and `ExecConfig` (executor.py, as `--exec.field`, also spelled `--workers`, `--e
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -76,21 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="another spelling of --section.field VALUE, e.g. --set quality.min_doc_words=40")
 
 
-def canonical(obj: Any) -> Any:
-    """`obj` with each value equal to its default as that default.
-
-    The runner compares fingerprints of the JSON form, where 3 and 3.0 differ: a float field whose
-    default is written 3 must hash the same when its config.json is passed back as --config.
-    """
-    base, changes = type(obj)(), {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = canonical(value)
-        changes[f.name] = getattr(base, f.name) if value == getattr(base, f.name) else value
-    return dataclasses.replace(obj, **changes)
-
-
 # ---------------------------------------------------------------------------- --set
 
 def apply_sets(args: argparse.Namespace, items: list[str]) -> argparse.Namespace:
@@ -129,7 +113,7 @@ def build_config(args: argparse.Namespace) -> Any:
     """RefineConfig from its defaults, then the --config YAML, then the flags (and --set, the same flags spelled otherwise)."""
     from falconlm.data.config import RefineConfig
 
-    return canonical(config_from_args(RefineConfig, apply_sets(args, getattr(args, "set", None) or [])))
+    return config_from_args(RefineConfig, apply_sets(args, getattr(args, "set", None) or []))
 
 
 def run(args: argparse.Namespace) -> int:

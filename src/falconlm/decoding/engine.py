@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from falconlm.decoding.detokenizer import Detokenizer, text_decoder
-from falconlm.decoding.head_screen import screen_for
 from falconlm.decoding.sampling import TokenPicker, next_tokens, row_generator
 from falconlm.decoding.settings import GenerationConfig
 from falconlm.decoding.step import DecodeStep
@@ -159,7 +158,7 @@ class Engine:
         eos = model.config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.cache = model.new_cache(max_batch_size, self.max_length)
-        self.picker = TokenPicker(model, screen_for(model))
+        self.picker = TokenPicker(model)
         self.step_fn = DecodeStep(model, step_mode)
         self.decode = text_decoder(tokenizer)
         self.active: list[Sequence] = []  # active[i] owns cache row i
@@ -362,8 +361,8 @@ class Engine:
         """Next token per row: plain greedy rows together through the head screen, the rest row by row from full logits."""
         picks: list[int | None] = [None] * len(seqs)
         infos: list[TokenInfo | None] = [None] * len(seqs)
-        fast = [i for i, s in enumerate(seqs) if s.cfg.screen_head and not s.cfg.needs_full_logits]
-        if fast and self.picker.screen is not None:
+        fast = [i for i, s in enumerate(seqs) if self.picker.screens(s.cfg)]
+        if fast:
             found = self.picker.screen.argmax(hidden[fast])
             if found is not None:
                 for i, t in zip(fast, found.tolist()):

@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from falconlm.decoding.head_screen import HeadScreen
+from falconlm.decoding.head_screen import HeadScreen, screen_for
 from falconlm.decoding.settings import GenerationConfig
 from falconlm.model.linear import linear
 
@@ -57,17 +57,28 @@ def next_tokens(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
 class TokenPicker:
     """Picks the next token of every row from final hidden states: the int8 head screen for plain greedy rows, full logits for the rest."""
 
-    def __init__(self, model: torch.nn.Module, screen: HeadScreen | None):
+    def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.screen = screen
+        self._screen: HeadScreen | None | bool = False  # False: not looked up yet (built on the first greedy pick)
+
+    @property
+    def screen(self) -> HeadScreen | None:
+        """The model's head screen, or None where it does not apply."""
+        if self._screen is False:
+            self._screen = screen_for(self.model)
+        return self._screen
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full fp32 logits (B, vocab) of final hidden states (B, hidden)."""
         return linear(hidden, self.model.lm_head.weight).float()
 
+    def screens(self, cfg: GenerationConfig) -> bool:
+        """Whether rows under `cfg` are picked through the head screen (plain greedy, the screen on and usable)."""
+        return cfg.screen_head and not cfg.needs_full_logits and self.screen is not None
+
     def pick(self, hidden: torch.Tensor, cfg: GenerationConfig, seen: torch.Tensor, generators: list[torch.Generator | None] | None) -> torch.Tensor:
         """Next tokens (B,) for rows that share one config."""
-        if self.screen is not None and cfg.screen_head and not cfg.needs_full_logits:
+        if self.screens(cfg):
             exact = self.screen.argmax(hidden)
             if exact is not None:
                 return exact

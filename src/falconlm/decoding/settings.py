@@ -69,11 +69,9 @@ class GenerationConfig:
         if cfg.eos_token_id is None:
             cfg.eos_token_id = model_config.eos_token_id
         if cfg.pad_token_id is None:
-            pad = model_config.pad_token_id
-            if pad is None:
-                eos = model_config.eos_token_id
-                pad = eos if isinstance(eos, int) else (list(eos or [0]) or [0])[0]
-            cfg.pad_token_id = pad
+            eos = model_config.eos_token_id
+            eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+            cfg.pad_token_id = model_config.pad_token_id if model_config.pad_token_id is not None else (eos_ids or [0])[0]
         cfg.validate()
         return cfg
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from falconlm.configure import add_config_arguments, config_from_args
-from falconlm.data.cli import NOT_FLAGS, add_exec_arguments, canonical
+from falconlm.data.cli import NOT_FLAGS, add_exec_arguments
 
 if TYPE_CHECKING:
     from falconlm.data.config import RefineConfig
@@ -88,7 +88,7 @@ def build_config(args: argparse.Namespace) -> RefineConfig:
     from falconlm.data.config import MinHashConfig, RefineConfig
     from falconlm.errors import FalconError
 
-    cfg = canonical(config_from_args(RefineConfig, args))
+    cfg = config_from_args(RefineConfig, args)
     d = cfg.dedup
     shape = [k for k in ("bands", "rows") if hasattr(args, f"dedup.minhash.{k}")]
     preset = getattr(args, "minhash_preset", None)
