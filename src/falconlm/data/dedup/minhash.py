@@ -1,4 +1,4 @@
-"""MinHash signatures (vectorised numpy), LSH band keys and the S-curve (settings and presets: data/config.py).
+"""MinHash signatures (a compiled numba loop, or vectorised numpy), LSH band keys and the S-curve (settings and presets: data/config.py).
 
 Permutations follow the usual universal-hash scheme h(x) = (a*x + b) mod (2^61 - 1) with
 `a, b` drawn from `np.random.RandomState(seed)` like datasketch and datatrove. As in both of
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from falconlm.data.config import MinHashConfig
-from falconlm.data.dedup.shingles import mix64
+from falconlm.data.dedup.shingles import compiled_kernels, mix64
 
 MERSENNE_61 = np.uint64((1 << 61) - 1)
 _S61 = np.uint64(61)
@@ -41,9 +41,11 @@ class MinHasher:
     BLOCK_ELEMENTS = 1 << 16
     BLOCK_COLUMNS = 64
 
-    def __init__(self, config: MinHashConfig):
+    def __init__(self, config: MinHashConfig, compiled: bool = True):
         config.validate()
         self.config = config
+        # The fused numba kernels (compiled.py) when installed; False (or no numba): numpy. Same bits.
+        self.compiled = compiled and compiled_kernels() is not None
         rng = np.random.RandomState(config.seed)
         h = config.num_hashes
         # Same draws as datasketch/datatrove: a in [1, p), b in [0, p).
@@ -58,6 +60,12 @@ class MinHasher:
         h = self.config.num_hashes
         out = np.empty((len(valid), h), dtype=np.uint64)
         if len(valid) == 0:
+            return out, valid
+        if self.compiled:
+            x = np.concatenate([shingles[k] for k in valid]).astype(np.uint64, copy=False)
+            offsets = np.zeros(len(valid) + 1, dtype=np.int64)
+            np.cumsum(lengths[valid], out=offsets[1:])
+            compiled_kernels().signatures(x, offsets, self.a, self.b, out)
             return out, valid
         # Tile the (shingles x hashes) product: groups of whole documents (reduceat needs them)
         # times blocks of hash columns, each tile about BLOCK_ELEMENTS so it stays in cache.
@@ -88,6 +96,10 @@ class MinHasher:
         """One 64-bit key per (document, band); equal keys <=> equal band rows (up to 2^-64)."""
         n = signatures.shape[0]
         c = self.config
+        if self.compiled:
+            out = np.empty((n, c.bands), dtype=np.uint64)
+            compiled_kernels().band_keys(np.ascontiguousarray(signatures, dtype=np.uint64), self.band_seeds, c.rows, out)
+            return out
         sig = signatures.reshape(n, c.bands, c.rows)
         with np.errstate(over="ignore"):
             k = np.broadcast_to(self.band_seeds[None, :], (n, c.bands)).copy()

@@ -8,16 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 import xxhash
 
-from falconlm.data.dedup.normalize import normalize_text, normalize_unjoined
+from falconlm.data.dedup.normalize import normalize_text, normalized_bytes
 from falconlm.errors import FalconError
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd constant: spreads bits when chaining
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+
+
+def compiled_kernels() -> ModuleType | None:
+    """dedup/compiled.py when its numba kernels are enabled, else None: take the numpy path.
+
+    Imported on first use, not with this module: numba takes a quarter of a second to import."""
+    from falconlm.data.dedup import compiled
+
+    return compiled if compiled.ENABLED else None
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
@@ -30,8 +40,10 @@ def mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def combine_ngrams(units: np.ndarray, n: int) -> np.ndarray:
-    """Unique hashes of every run of `n` consecutive unit hashes (one shingle if fewer than n)."""
+def combine_ngrams(units: np.ndarray, n: int, compiled: bool = True) -> np.ndarray:
+    """Unique hashes of every run of `n` consecutive unit hashes (one shingle if fewer than n).
+
+    `compiled`: the numba kernel when installed (same values, one pass); False: numpy."""
     m = len(units)
     if m == 0:
         return np.empty(0, dtype=np.uint64)
@@ -39,6 +51,9 @@ def combine_ngrams(units: np.ndarray, n: int) -> np.ndarray:
         # A document shorter than one n-gram still gets one shingle (its whole text), so short
         # exact duplicates are found too; datatrove gives such documents no signature at all.
         n = m
+    kernels = compiled_kernels() if compiled else None
+    if kernels is not None:
+        return kernels.ngram_hashes(np.ascontiguousarray(units, dtype=np.uint64), n)
     with np.errstate(over="ignore"):
         h = units[: m - n + 1].copy()
         for k in range(1, n):
@@ -57,8 +72,8 @@ def word_unit_hashes(words: Sequence[bytes], seed: int = 0) -> np.ndarray:
 
 def word_shingles(text: str, n: int = 5, seed: int = 0) -> np.ndarray:
     """Unique hashed word n-grams of the RefinedWeb-normalised text."""
-    # Encode once and split the bytes: xxhash wants bytes, and one encode beats one per word.
-    return combine_ngrams(word_unit_hashes(normalize_unjoined(text).encode("utf-8").split(), seed), n)
+    # Split the normalised UTF-8 bytes: xxhash wants bytes, and one encode beats one per word.
+    return combine_ngrams(word_unit_hashes(normalized_bytes(text).split(), seed), n)
 
 
 @lru_cache(maxsize=4)
