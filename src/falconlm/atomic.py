@@ -149,3 +149,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             _discard(tmp)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """`path` as a directory (made if missing); if the block fails and this call made it, it is removed again.
+
+    So a run refused during setup (bad settings, unusable input, a full disk) leaves no half-made
+    output directory; an interrupted run (KeyboardInterrupt) keeps what it saved.
+    """
+    path = Path(path)
+    made = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except Exception:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -45,8 +45,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
-    from falconlm.errors import FalconError
+    """Entry point of the console script: every failure with a known cause ends as one sentence on stderr."""
+    from falconlm.errors import user_message
 
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -57,12 +57,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except FalconError as exc:
-        print(f"falconlm {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"falconlm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"falconlm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (`falconlm inspect ... | head`): stop quietly, as Unix tools do."""
+    import os
+
+    # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail too.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
 
 
 if __name__ == "__main__":

@@ -96,15 +96,23 @@ def test_tokenize_cli_and_errors(tmp_path, tok_dir, capsys):
     out = tmp_path / "s"
     assert cli_main(["tokenize", str(FIXTURE), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", "1", "--val-fraction", "0.02"]) == 0
     assert "1,200 documents" in capsys.readouterr().out
-    assert cli_main(["tokenize", str(FIXTURE), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", "1"]) == 0
+    assert cli_main(["tokenize", str(FIXTURE), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", "1", "--val-fraction", "0.02"]) == 0
     assert "already complete" in capsys.readouterr().out
+    # Another setting than the one that made the shards: refused, naming the difference, shards kept.
+    assert cli_main(["tokenize", str(FIXTURE), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", "1"]) == 1
+    assert "val_fraction 0.02 -> 0.005" in capsys.readouterr().err
+    assert ShardIndex.load(out).val_fraction == 0.02
     assert cli_main(["tokenize", str(tmp_path / "nope"), "--tokenizer", str(tok_dir), "--out", str(out)]) == 1
     assert cli_main(["tokenize", str(FIXTURE), "--tokenizer", str(tmp_path), "--out", str(out)]) == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "good doc"}\nnot json\n{"other": 1}\n{"text": ""}\n')
     assert cli_main(["tokenize", str(bad), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "b"), "--workers", "1", "--val-fraction", "0"]) == 0
     idx = ShardIndex.load(tmp_path / "b")
-    assert idx.docs == 1 and idx.skipped_docs == 1
+    # Two unusable records (line 2 not JSON, line 3 no text) and one empty document, all counted.
+    assert idx.docs == 1 and idx.skipped_docs == 3 and idx.empty_docs == 1
+    assert idx.skipped["reasons"] == {"malformed_json": 1, "missing_text": 1}
+    assert idx.skipped["files"][0]["lines"] == {"malformed_json": [2], "missing_text": [3]}
+    assert "bad.jsonl: 1 malformed_json (line 2), 1 missing_text (line 3)" in capsys.readouterr().out
 
 
 def test_reads_jsonl_zst_parquet_and_text(tmp_path, tok_dir):

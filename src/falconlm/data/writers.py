@@ -66,7 +66,7 @@ class ShardWriter:
         if self.fmt == "jsonl.zst":
             import zstandard
 
-            stream: IO[bytes] = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(raw, closefd=False)
+            stream: IO[bytes] = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(raw, closefd=False)  # damage is detected on read
         elif self.fmt == "jsonl.gz":
             # mtime=0 and no file name: identical bytes for identical content
             stream = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+from unittest import mock
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,17 @@ class EvalConfig:
     stride: int | None = None  # sliding-window stride for long documents (None = half the context)
     dtype: str | None = None  # float32 | bfloat16 | float16 (None = as saved)
     out: str | None = None  # results JSON, with this config under "config" (None = CHECKPOINT/eval_results.json)
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work before a model is loaded."""
+        from falconlm.errors import FalconError
+
+        for name, low in (("batch_size", 1), ("limit", 1), ("max_length", 2), ("stride", 1), ("num_fewshot", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise FalconError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.stride is not None and self.max_length is not None and self.stride > self.max_length:
+            raise FalconError(f"--stride {self.stride} is longer than --max-length {self.max_length}: windows would skip tokens")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,21 +63,35 @@ def run(args: argparse.Namespace) -> int:
     from falconlm.model.falcon import FalconForCausalLM
     from falconlm.tokenizer.falcon import FalconTokenizer
 
+    from falconlm.model.config import FalconConfig
+
     cfg = config(args)
     if not cfg.data and not cfg.tasks:
         raise FalconError("nothing to evaluate: pass --data FILE... and/or --tasks NAME,...")
+    context = FalconConfig.from_json(Path(cfg.checkpoint) / "config.json").max_position_embeddings if (Path(cfg.checkpoint) / "config.json").is_file() else None
+    if context is not None and cfg.max_length is not None and cfg.max_length > context:
+        raise FalconError(f"--max-length {cfg.max_length:,} exceeds the model's context of {context:,} tokens (max_position_embeddings); "
+                          "scores past it would not measure the model")
     model = FalconForCausalLM.from_pretrained(cfg.checkpoint, dtype=cfg.dtype)
     tokenizer = FalconTokenizer.load(cfg.checkpoint)
     results: dict = {"checkpoint": str(cfg.checkpoint), "config": dataclasses.asdict(cfg)}
     if cfg.data:
+        from falconlm.data.readers import ReadReport
         from falconlm.eval.perplexity import evaluate_perplexity
-        from falconlm.tokenizer.corpus import expand_paths, iter_texts
+        from falconlm.tokenizer.corpus import expand_paths, iter_texts, text_key_hint
 
-        texts = iter_texts(expand_paths(cfg.data), text_key=cfg.text_key)
+        report = ReadReport(strict=True)
+        texts = iter_texts(expand_paths(cfg.data), text_key=cfg.text_key, report=report)
         if cfg.limit:
             texts = islice(texts, cfg.limit)
         ppl = evaluate_perplexity(model, tokenizer.encode, texts, tokenizer.eot_id, cfg.max_length, cfg.stride, cfg.batch_size)
+        report.require_documents(hint=text_key_hint(cfg.text_key))
+        if not ppl.tokens:
+            raise FalconError(f"the {ppl.documents:,} document(s) of --data hold no token to score (all empty)")
+        if report.summary():
+            print(report.summary())
         results["perplexity"] = ppl.to_dict()
+        results["skipped_input"] = report.to_dict()
         print(f"\n{'documents':>10s} {'tokens':>10s} {'loss':>8s} {'perplexity':>11s} {'bits/byte':>10s}")
         print(f"{ppl.documents:10d} {ppl.tokens:10d} {ppl.loss:8.4f} {ppl.perplexity:11.3f} {ppl.bits_per_byte:10.4f}")
     if cfg.tasks:
@@ -72,6 +100,16 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out, json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nresults written to {out}")
     return 0
+
+
+def _offline_dataset_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says a dataset could not be fetched from the Hub."""
+    names = ("ConnectionError", "LocalEntryNotFoundError", "OfflineModeIsEnabled", "DatasetNotFoundError")
+    while exc is not None:
+        if type(exc).__name__ in names or isinstance(exc, ConnectionError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_tasks(model, tokenizer, cfg: EvalConfig) -> dict:
@@ -92,7 +130,23 @@ def run_tasks(model, tokenizer, cfg: EvalConfig) -> dict:
     if unknown:
         raise FalconError(f"unknown lm-eval task {unknown[0]!r}")
     lm = FalconLM(model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=cfg.max_length)
-    out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager, log_samples=False)
+    import lm_eval.evaluator
+
+    # lm-eval asks `git describe` for its results header, and git prints "fatal: not a git repository"
+    # outside one; the hash is of no use here.
+    with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", lambda: None, create=True):
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit, task_manager=manager, log_samples=False)
+        except Exception as exc:
+            if not _offline_dataset_error(exc):
+                raise
+            name = re.search(r"'([\w.-]+/[\w.-]+)'", str(exc))
+            dataset = f"the dataset {name.group(1)}" if name else "its dataset"
+            raise FalconError(
+                f"lm-eval task {', '.join(tasks)} needs {dataset}, which is not in the local Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and cannot be downloaded here: run it once where the Hub "
+                "is reachable (without HF_DATASETS_OFFLINE=1) to cache it, or copy a cache into HF_HOME; the bundled tasks falconlm_mc and falconlm_cloze need nothing"
+            ) from None
     metrics = {task: {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "alias"} for task, values in out["results"].items()}
     print(f"\n{'task':20s} {'metric':24s} {'value':>10s}")
     for task, values in metrics.items():

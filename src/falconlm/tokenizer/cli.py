@@ -34,19 +34,22 @@ def config(args: argparse.Namespace) -> TrainTokenizerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the tokenizer and write its files and the resolved config."""
+    """Train the tokenizer and write its files and the resolved config; zero usable documents is an error, skips are reported."""
     import itertools
     import time
 
-    from falconlm.tokenizer.corpus import expand_paths, iter_texts
+    from falconlm.atomic import output_dir
+    from falconlm.data.readers import ReadReport
+    from falconlm.tokenizer.corpus import expand_paths, iter_texts, text_key_hint
     from falconlm.tokenizer.falcon import train_tokenizer
 
     cfg = config(args)
     files = expand_paths(cfg.corpus)
     counter = {"docs": 0, "chars": 0}
+    report = ReadReport(strict=True)
 
     def texts():
-        stream = iter_texts(files, text_key=cfg.text_key)
+        stream = iter_texts(files, text_key=cfg.text_key, report=report)
         if cfg.max_docs is not None:
             stream = itertools.islice(stream, cfg.max_docs)
         for t in stream:
@@ -55,12 +58,18 @@ def run(args: argparse.Namespace) -> int:
             yield t
 
     t0 = time.perf_counter()
+    # A corrupt file stops the training (the reader raises through it); nothing is written before the checks pass.
     tok = train_tokenizer(texts(), vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency)
-    path = tok.save(cfg.out)
-    save_config(cfg, Path(cfg.out) / CONFIG_FILE)
+    report.require_documents(hint=text_key_hint(cfg.text_key))
+    with output_dir(cfg.out):
+        path = tok.save(cfg.out)
+        save_config(cfg, Path(cfg.out) / CONFIG_FILE)
     dt = time.perf_counter() - t0
+    if report.summary():
+        print(report.summary())
+    short = f" (the corpus holds too few distinct pairs for the {cfg.vocab_size:,} asked for)" if tok.vocab_size < cfg.vocab_size else ""
     print(
         f"trained on {counter['docs']:,} documents ({counter['chars'] / 1e6:.1f} M chars) from {len(files)} files "
-        f"in {dt:.1f} s: vocabulary {tok.vocab_size:,} tokens, <|endoftext|> = {tok.eot_id}; wrote {path}"
+        f"in {dt:.1f} s: vocabulary {tok.vocab_size:,} tokens{short}, <|endoftext|> = {tok.eot_id}; wrote {path}"
     )
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from falconlm.atomic import atomic_open, atomic_write_text, remove_stale_temps
+from falconlm.atomic import atomic_open, atomic_write_text, output_dir, remove_stale_temps
 from falconlm.errors import FalconError
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,11 @@ class ShardIndex:
     tokenizer_hash: str
     val_fraction: float
     docs: int = 0
-    skipped_docs: int = 0
+    skipped_docs: int = 0  # unusable records (malformed, no text) plus empty documents
+    empty_docs: int = 0  # documents with no text (part of skipped_docs)
     splits: dict[str, list[ShardInfo]] = field(default_factory=lambda: {"train": [], "val": []})
+    skipped: dict = field(default_factory=dict)  # the readers' account: per file and reason, with line numbers
+    job: dict = field(default_factory=dict)  # what made the shards: inputs (size, mtime), tokenizer, settings
 
     def tokens(self, split: str) -> int:
         """Total tokens of a split."""
@@ -67,7 +70,7 @@ class ShardIndex:
     def from_dict(cls, d: dict) -> "ShardIndex":
         """Inverse of to_dict."""
         splits = {k: [ShardInfo(**s) for s in v] for k, v in d["splits"].items()}
-        keys = {"dtype", "vocab_size", "eot_id", "tokenizer_hash", "val_fraction", "docs", "skipped_docs"}
+        keys = {"dtype", "vocab_size", "eot_id", "tokenizer_hash", "val_fraction", "docs", "skipped_docs", "empty_docs", "skipped", "job"}
         return cls(**{k: d[k] for k in keys if k in d}, splits=splits)
 
     @classmethod
@@ -150,9 +153,8 @@ def write_token_shards(
     progress: bool = True,
 ) -> ShardIndex:
     """Tokenize corpus files into packed shards + index.json; resumes a killed run from progress.json."""
-    from tqdm import tqdm
-
-    from falconlm.tokenizer.corpus import expand_paths, iter_texts
+    from falconlm.data.readers import ReadReport
+    from falconlm.tokenizer.corpus import expand_paths, iter_texts, text_key_hint
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     if not 0 <= val_fraction < 1:
@@ -164,32 +166,67 @@ def write_token_shards(
     tok_file = Path(tokenizer_dir) / "tokenizer.json" if Path(tokenizer_dir).is_dir() else Path(tokenizer_dir)
     dtype = token_dtype(tok.vocab_size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
     job = {
         "files": [str(f.resolve()) for f in files],
         "sizes": [f.stat().st_size for f in files],
+        "mtimes": [f.stat().st_mtime_ns for f in files],
         "tokenizer_hash": tok.fingerprint(),
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
         "text_key": text_key,
     }
-    index = ShardIndex(dtype=dtype.name, vocab_size=tok.vocab_size, eot_id=tok.eot_id, tokenizer_hash=tok.fingerprint(), val_fraction=val_fraction)
+    index = ShardIndex(dtype=dtype.name, vocab_size=tok.vocab_size, eot_id=tok.eot_id, tokenizer_hash=tok.fingerprint(), val_fraction=val_fraction, job=job)
     if (out / INDEX_FILE).exists() and not overwrite:
         done = ShardIndex.load(out)
-        if done.tokenizer_hash == index.tokenizer_hash:
+        changed = job_differences(done.job, job)
+        if not changed:
             log.info("%s already holds a finished tokenization; pass --overwrite to redo it", out)
             print(f"{out} is already complete ({done.tokens('train'):,} train / {done.tokens('val'):,} val tokens); use --overwrite to redo")
             return done
-        raise FalconError(f"{out} holds shards made with a different tokenizer; pass --overwrite or choose another --out")
+        raise FalconError(f"{out} holds shards made from other inputs or settings ({'; '.join(changed)}); pass --overwrite to redo it or choose another --out")
+    with output_dir(out):
+        return _tokenize_into(out, files, tok, tok_file, dtype, index, job, workers, shard_tokens, val_fraction, text_key, chunk_docs, overwrite, progress,
+                              ReadReport(strict=True), text_key_hint(text_key))
+
+
+def job_differences(old: dict, new: dict) -> list[str]:
+    """What differs between the job a shard directory records and the one asked for now, in words ([] = the same)."""
+    if not old:
+        return ["its index.json does not record what made it (an older falconlm)"]
+    out = []
+    if old.get("files") != new["files"]:
+        out.append(f"inputs {_names(old.get('files', []))} -> {_names(new['files'])}")
+    elif old.get("sizes") != new["sizes"] or old.get("mtimes", new["mtimes"]) != new["mtimes"]:
+        changed = [Path(f).name for f, a, b, c, d in zip(new["files"], old.get("sizes", []), new["sizes"], old.get("mtimes", new["mtimes"]), new["mtimes"]) if a != b or c != d]
+        out.append(f"input file(s) changed since: {', '.join(changed)}")
+    if old.get("tokenizer_hash") != new["tokenizer_hash"]:
+        out.append("another tokenizer")
+    for key in ("val_fraction", "shard_tokens", "text_key"):
+        if old.get(key) != new[key]:
+            out.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+    return out
+
+
+def _names(files: list[str]) -> str:
+    shown = ", ".join(Path(f).name for f in files[:3])
+    return f"[{shown}{', ...' if len(files) > 3 else ''}]"
+
+
+def _tokenize_into(out: Path, files: list[Path], tok, tok_file: Path, dtype: np.dtype, index: ShardIndex, job: dict, workers: int, shard_tokens: int,
+                   val_fraction: float, text_key: str, chunk_docs: int, overwrite: bool, progress: bool, report, hint: str) -> ShardIndex:
+    """The tokenization proper, into an existing `out` (write_token_shards decides whether to run it)."""
+    from tqdm import tqdm
+
+    from falconlm.tokenizer.corpus import iter_texts
+
     docs_done = 0
     prog_path = out / PROGRESS_FILE
     if prog_path.exists() and not overwrite:
         prog = json.loads(prog_path.read_text())
         if prog.get("job") == job:
             saved = ShardIndex.from_dict(prog["index"])
-            index.splits, index.docs, index.skipped_docs = saved.splits, saved.docs, saved.skipped_docs
-            docs_done = saved.docs + saved.skipped_docs
+            index.splits, index.docs, index.empty_docs = saved.splits, saved.docs, saved.empty_docs
+            docs_done = saved.docs + saved.empty_docs
             print(f"resuming: {docs_done:,} documents already in {sum(len(v) for v in index.splits.values())} shards")
         else:
             log.warning("%s: progress.json is from a different job; starting over", out)
@@ -197,7 +234,7 @@ def write_token_shards(
         for old in list(out.glob("train-*.bin")) + list(out.glob("val-*.bin")) + [out / INDEX_FILE]:
             old.unlink(missing_ok=True)
         index.splits = {"train": [], "val": []}
-        index.docs = index.skipped_docs = 0
+        index.docs = index.empty_docs = 0
     remove_stale_temps(out)  # shards and progress files a killed run was writing
 
     buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -215,7 +252,7 @@ def write_token_shards(
 
     def texts() -> Iterator[str]:
         skip = docs_done
-        for text in iter_texts(files, text_key=text_key):
+        for text in iter_texts(files, text_key=text_key, report=report):
             if skip:
                 skip -= 1
                 continue
@@ -237,7 +274,7 @@ def write_token_shards(
             for arr, held in chunk:
                 split = "val" if held else "train"
                 if len(arr) == 1:  # empty document: nothing but the separator
-                    index.skipped_docs += 1
+                    index.empty_docs += 1
                     continue
                 buffers[split].append(arr)
                 counts[split][0] += len(arr)
@@ -253,13 +290,20 @@ def write_token_shards(
         bar.close()
         if pool is not None:
             pool.terminate()
+    report.require_documents(hint=hint)
+    if not index.docs:
+        raise FalconError(f"every document of the {len(files)} input file(s) is empty: nothing to tokenize")
+    index.skipped = report.to_dict()
+    index.skipped_docs = report.skipped + index.empty_docs
     tok_copy = out / "tokenizer"
     tok_copy.mkdir(exist_ok=True)
     tok.save(tok_copy)
     atomic_write_text(out / INDEX_FILE, json.dumps(index.to_dict(), indent=2) + "\n")
     prog_path.unlink(missing_ok=True)
-    if index.skipped_docs:
-        log.warning("skipped %d empty documents", index.skipped_docs)
+    if report.summary():
+        print(report.summary())
+    if index.empty_docs:
+        print(f"skipped {index.empty_docs:,} empty document(s)")
     return index
 
 

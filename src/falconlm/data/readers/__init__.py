@@ -2,17 +2,21 @@
 
 `read_documents(path, ...)` is the one entry point; every reader counts what it skips (malformed
 records, non-HTML responses, undecodable lines) in a `StepStats` named "read" instead of raising,
-so one bad record never stops a file. One module per format: warc.py (with http.py for the HTTP
-payload and its charset), jsonl.py, parquet.py, text.py; discover.py tells formats and expands
-inputs, compression.py opens .gz / .zst.
+so one bad record never stops a file, and, given a `ReadReport` (accounting.py), notes it per file
+with line numbers; `read_corpus` reads a list of files that way for the commands that consume
+text. One module per format: warc.py (with http.py for the HTTP payload and its charset),
+jsonl.py, parquet.py, text.py; discover.py tells formats and expands inputs, compression.py opens
+.gz / .zst.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from falconlm.data.document import Document
+from falconlm.data.readers.accounting import FileSkips, ReadReport, Skips
 from falconlm.data.readers.compression import TolerantGzip, open_with_raw
 from falconlm.data.readers.discover import (
     ALL_SUFFIXES,
@@ -34,8 +38,8 @@ from falconlm.data.step import StepStats
 
 __all__ = [
     "ALL_SUFFIXES", "CORPUS_SUFFIXES", "HTML_TYPES", "JSONL_SUFFIXES", "PARQUET_SUFFIXES", "TEXT_SUFFIXES",
-    "WARC_SUFFIXES", "PositionHook", "ReaderOptions", "TolerantGzip", "decode_html", "expand_inputs",
-    "input_format", "open_with_raw", "read_documents",
+    "WARC_SUFFIXES", "FileSkips", "PositionHook", "ReadReport", "ReaderOptions", "Skips", "TolerantGzip", "decode_html",
+    "expand_inputs", "input_format", "open_with_raw", "read_corpus", "read_documents",
 ]
 
 _READERS = {"warc": read_warc, "jsonl": read_jsonl, "parquet": read_parquet, "text": read_text}
@@ -46,16 +50,20 @@ def read_documents(
     options: ReaderOptions | None = None,
     stats: StepStats | None = None,
     on_position: PositionHook | None = None,
+    report: ReadReport | None = None,
 ) -> Iterator[Document]:
-    """Iterate the documents of one input file; skipped records are counted in `stats`;
-    `on_position(bytes_read)` is called now and then (for progress bars)."""
+    """Iterate the documents of one input file; skipped records are counted in `stats` (and noted in
+    `report`, whose `strict` makes a corrupt file an error); `on_position(bytes_read)` is called now
+    and then (for progress bars)."""
     options = options or ReaderOptions()
     stats = stats if stats is not None else StepStats("read")
     fmt = input_format(path)
     # Every slice reads the whole file; only slice 0 counts the records the reader skips.
-    skip_stats = stats if options.slice_index == 0 else StepStats("read")
+    first = options.slice_index == 0
+    record = report.file(path) if report is not None else None
+    skips = Skips(path, stats if first else StepStats("read"), record if first else None, report.strict if report else False)
     hook = on_position or (lambda n: None)
-    inner = _READERS[fmt](path, options, skip_stats, hook)
+    inner = _READERS[fmt](path, options, skips, hook)
     n = 0
     for i, doc in enumerate(inner):
         if options.num_slices > 1 and i % options.num_slices != options.slice_index:
@@ -66,5 +74,14 @@ def read_documents(
         stats.chars_in += len(doc.text)
         stats.docs_out += 1
         stats.chars_out += len(doc.text)
+        if record is not None:
+            record.documents += 1
         n += 1
         yield doc
+
+
+def read_corpus(paths: list[Path], report: ReadReport, options: ReaderOptions | None = None) -> Iterator[Document]:
+    """Every document of the files in order, each file's skips noted in `report` (the caller prints its summary)."""
+    for path in paths:
+        report.file(path)  # an empty file is listed too
+        yield from read_documents(path, options, StepStats("read"), report=report)

@@ -11,14 +11,13 @@ from typing import Any
 
 from falconlm.data.document import Document
 from falconlm.data.readers.compression import open_with_raw
-from falconlm.data.readers.options import PositionHook, ReaderOptions, log_skip
-from falconlm.data.step import StepStats
+from falconlm.data.readers.accounting import Skips
+from falconlm.data.readers.compression import recovered_damage
+from falconlm.data.readers.options import PositionHook, ReaderOptions
 
 
-def read_jsonl(
-    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
-) -> Iterator[Document]:
-    """One JSON object per line; undecodable lines and records without text are counted and skipped."""
+def read_jsonl(path: str | os.PathLike, options: ReaderOptions, skips: Skips, on_position: PositionHook) -> Iterator[Document]:
+    """One JSON object per line; undecodable lines and records without text are counted (with their line) and skipped."""
     try:
         raw, fileobj = open_with_raw(path)
         with raw:
@@ -30,20 +29,21 @@ def read_jsonl(
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    stats.dropped["malformed_json"] += 1
+                    skips.skip("malformed_json", lineno + 1)
                     continue
-                doc = record_to_doc(record, options, stats, f"{Path(path).name}:{lineno}")
+                doc = record_to_doc(record, options, skips, f"{Path(path).name}:{lineno}", lineno + 1)
                 if doc is not None:
                     yield doc
+            for _ in range(recovered_damage(raw)):
+                skips.skip("corrupt_compression")
     except (OSError, EOFError) as exc:
-        stats.dropped["corrupt_file"] += 1
-        log_skip(path, f"unreadable stream ({exc}); the rest of this file is skipped")
+        skips.corrupt(str(exc))
 
 
-def record_to_doc(record: Any, options: ReaderOptions, stats: StepStats, fallback_id: str) -> Document | None:
+def record_to_doc(record: Any, options: ReaderOptions, skips: Skips, fallback_id: str, line: int | None = None) -> Document | None:
     """A Document from a JSON / Parquet record, or None (counted) when it has no string text."""
     if not isinstance(record, dict) or not isinstance(record.get(options.text_key), str):
-        stats.dropped["missing_text"] += 1
+        skips.skip("missing_text", line)
         return None
     if isinstance(record.get("metadata"), str):
         try:

@@ -1,11 +1,9 @@
-"""What every reader shares: how to read (keys, limit, slice), the progress hook, the skip log."""
+"""What every reader shares: how to read (keys, limit, slice) and the progress hook."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 PositionHook = Callable[[int], None]  # receives the bytes of the input file consumed so far
 
@@ -20,7 +18,3 @@ class ReaderOptions:
     slice_index: int = 0  # with num_slices > 1 this reader keeps records i where i % num_slices == slice_index
     num_slices: int = 1  # how many readers share the file
 
-
-def log_skip(path: Any, why: str) -> None:
-    """Warn that part of an input was skipped (the reader also counts it in its StepStats)."""
-    logging.getLogger("falconlm.data").warning("%s: %s", path, why)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from falconlm.data.document import Document
 from falconlm.data.readers.jsonl import record_to_doc
-from falconlm.data.readers.options import PositionHook, ReaderOptions, log_skip
-from falconlm.data.step import StepStats
+from falconlm.data.readers.accounting import Skips
+from falconlm.data.readers.options import PositionHook, ReaderOptions
 from falconlm.errors import FalconError
 
 
 def read_parquet(
-    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+    path: str | os.PathLike, options: ReaderOptions, skips: Skips, on_position: PositionHook
 ) -> Iterator[Document]:
     """Row batches of a Parquet file; rows without a string text column are counted and skipped."""
     import pyarrow.parquet as pq
@@ -22,8 +22,7 @@ def read_parquet(
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a bad footer
-        stats.dropped["corrupt_file"] += 1
-        log_skip(path, f"not a readable Parquet file ({exc})")
+        skips.corrupt(f"not a readable Parquet file: {exc}")
         return
     if options.text_key not in pf.schema_arrow.names:
         raise FalconError(f"{path} has no column {options.text_key!r} (columns: {', '.join(pf.schema_arrow.names)})")
@@ -33,7 +32,7 @@ def read_parquet(
     for batch in pf.iter_batches(batch_size=1024):
         on_position(size * row // total_rows)
         for record in batch.to_pylist():
-            doc = record_to_doc(record, options, stats, f"{Path(path).name}:{row}")
+            doc = record_to_doc(record, options, skips, f"{Path(path).name}:{row}", row + 1)
             row += 1
             if doc is not None:
                 yield doc

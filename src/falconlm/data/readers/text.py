@@ -9,12 +9,12 @@ from pathlib import Path
 
 from falconlm.data.document import Document
 from falconlm.data.readers.compression import open_with_raw
-from falconlm.data.readers.options import PositionHook, ReaderOptions, log_skip
-from falconlm.data.step import StepStats
+from falconlm.data.readers.accounting import Skips
+from falconlm.data.readers.options import PositionHook, ReaderOptions
 
 
 def read_text(
-    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+    path: str | os.PathLike, options: ReaderOptions, skips: Skips, on_position: PositionHook
 ) -> Iterator[Document]:
     """One document: the file's text (undecodable bytes replaced), its name as id."""
     try:
@@ -22,8 +22,7 @@ def read_text(
         with raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace").read()
     except (OSError, EOFError) as exc:
-        stats.dropped["corrupt_file"] += 1
-        log_skip(path, f"unreadable stream ({exc}); the file is skipped")
+        skips.corrupt(str(exc))
         return
     on_position(os.path.getsize(path))
     name = Path(path).name

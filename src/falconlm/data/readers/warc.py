@@ -10,52 +10,49 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from falconlm.data.document import Document
-from falconlm.data.readers.compression import TolerantGzip, open_with_raw
+from falconlm.data.readers.accounting import Skips
+from falconlm.data.readers.compression import open_with_raw, recovered_damage
 from falconlm.data.readers.http import HTML_TYPES, decode_html, parse_http
-from falconlm.data.readers.options import PositionHook, ReaderOptions, log_skip
-from falconlm.data.step import StepStats
+from falconlm.data.readers.options import PositionHook, ReaderOptions
 
 _WARC_HEADER = re.compile(rb"WARC/1\.[01]\r?\n")
 
 
 def read_warc(
-    path: str | os.PathLike, options: ReaderOptions, stats: StepStats, on_position: PositionHook
+    path: str | os.PathLike, options: ReaderOptions, skips: Skips, on_position: PositionHook
 ) -> Iterator[Document]:
     """Response records with an HTML content type; malformed records are counted and skipped."""
     try:
         raw, fileobj = open_with_raw(path)
         with raw:
             stream = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw, 1 << 20)
-            for i, doc in enumerate(_warc_documents(_resilient_records(stream, stats), path, stats)):
+            for i, doc in enumerate(_warc_documents(_resilient_records(stream, skips), path, skips)):
                 if i % 16 == 0:
                     on_position(fileobj.tell())
                 yield doc
             on_position(os.path.getsize(path))
-            raw_gz = getattr(stream, "raw", None)
-            if isinstance(raw_gz, TolerantGzip) and raw_gz.errors:
-                stats.dropped["corrupt_compression"] += raw_gz.errors
-                log_skip(path, f"{raw_gz.errors} damaged gzip member(s) skipped")
+            for _ in range(recovered_damage(stream)):
+                skips.skip("corrupt_compression")
     except (OSError, EOFError, ValueError) as exc:
         # A corrupt compression layer ends the file; what was read stays valid.
-        stats.dropped["corrupt_file"] += 1
-        log_skip(path, f"unreadable compressed stream ({exc}); the rest of this file is skipped")
+        skips.corrupt(str(exc))
 
 
-def _warc_documents(records: Iterator[tuple], path: Any, stats: StepStats) -> Iterator[Document]:
+def _warc_documents(records: Iterator[tuple], path: Any, skips: Skips) -> Iterator[Document]:
     for headers, block in records:
         if headers.get("warc-type") != "response":
             continue
         url = headers.get("warc-target-uri")
         parsed = parse_http(block)
         if parsed is None or not url:
-            stats.dropped["malformed_record"] += 1
+            skips.skip("malformed_record")
             continue
         status, ctype, charset, body = parsed
         if status != 200:
-            stats.dropped["http_status"] += 1
+            skips.skip("http_status")
             continue
         if ctype not in HTML_TYPES:
-            stats.dropped["not_html"] += 1
+            skips.skip("not_html")
             continue
         text, source = decode_html(body, charset)
         rec_id = headers.get("warc-record-id", "").strip("<>").removeprefix("urn:uuid:")
@@ -97,7 +94,7 @@ class _PushbackStream:
         return self._s.read(n)
 
 
-def _resilient_records(stream: IO[bytes], stats: StepStats) -> Iterator[tuple[dict[str, str], bytes]]:
+def _resilient_records(stream: IO[bytes], skips: Skips) -> Iterator[tuple[dict[str, str], bytes]]:
     """(lower-cased WARC headers, content block) for every well-formed record. A record is
     well-formed when its header parses, its block has the declared length and the block is followed
     by the CRLF CRLF separator; otherwise it is counted as malformed and reading resumes at the next
@@ -110,7 +107,7 @@ def _resilient_records(stream: IO[bytes], stats: StepStats) -> Iterator[tuple[di
         if not line.strip():
             continue
         if not _WARC_HEADER.fullmatch(line):
-            stats.dropped["malformed_record"] += 1
+            skips.skip("malformed_record")
             if not _resync(s, line):
                 return
             continue
@@ -131,7 +128,7 @@ def _resilient_records(stream: IO[bytes], stats: StepStats) -> Iterator[tuple[di
         block = s.read(length) if length >= 0 else b""
         trailer = s.read(4) if length >= 0 and len(block) == length else b""
         if length < 0 or len(block) != length or trailer != b"\r\n\r\n":
-            stats.dropped["malformed_record"] += 1
+            skips.skip("malformed_record")
             # Look for the next header inside what we consumed after this record's first line.
             if not _resync(s, b"".join(raw_header[1:]) + block + trailer):
                 return
