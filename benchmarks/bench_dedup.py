@@ -9,15 +9,21 @@ deduplicate=False), as its truth was computed, and cached outside the repo) — 
 its own subprocess (so peak RSS is per method) and on one core:
   - falconlm MinHash end to end at datatrove's settings (14 x 8 = 112 hashes, word 5-grams) and
     with the paper's 450 x 20 = 9,000 hashes, timing every stage;
-  - datatrove MinhashDedupSignature -> Buckets -> Cluster -> Filter (same 112 hashes, 5-grams);
+  - datatrove MinhashDedupSignature -> Buckets -> Cluster -> Filter (same 112 hashes, 5-grams),
+    and again at 450 x 20 (`--no-paper-peer` skips that slow run);
   - datasketch MinHash(num_perm=112) + MinHashLSH(params=(14, 8)) over the same normalised 5-grams;
   - falconlm exact-substring and URL dedup (no peer in-process: datatrove's exact-substring
     stage needs an external Rust binary);
 and reports documents/s per core for each stage and end to end, the speed ratios, peak memory,
-and recall/precision against the planted duplicates. `--memory-scaling` also measures each
-falconlm stage's peak traced memory at N and 4N documents under a fixed budget.
+and recall/precision against the planted duplicates. At 9,000 hashes it also prints the bound of
+the signature stage — hashes/s of the compiled fused loop (dedup/compiled.py) on a synthetic block,
+measured first — and the stage's hashes/s (shingles x hashes / time) against it; and it checks that
+the compiled signatures equal the numpy path's on every corpus. `--baseline-src DIR` also runs the
+falconlm MinHash of another source tree (e.g. `git archive` of an older commit's src/) for a
+before/after figure. `--memory-scaling` also measures each falconlm stage's peak traced memory at N
+and 4N documents under a fixed budget.
 
-Usage: python benchmarks/bench_dedup.py [--quick] [--no-web] [--memory-scaling] [--paper-peer]
+Usage: python benchmarks/bench_dedup.py [--quick] [--no-web] [--memory-scaling] [--no-paper-peer] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# FALCONLM_BENCH_SRC: the source tree a worker imports falconlm from (--baseline-src runs)
+sys.path.insert(0, os.environ.get("FALCONLM_BENCH_SRC") or str(ROOT / "src"))
 WEB = ROOT.parent / "shared" / "corpora" / "web-bench.warc.gz"
 WEB_TRUTH = ROOT.parent / "shared" / "corpora" / "web-bench.truth.json"
 CACHE = Path(os.environ.get("FALCONLM_BENCH_CACHE", "/tmp/falconlm-bench-dedup"))
@@ -123,6 +130,7 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
     from falconlm.data.refine import run_refine
 
     times: dict[str, float] = {}
+    shingles = []
     for mod in (ms, es, us):
         real = mod.run_stage
 
@@ -130,6 +138,8 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
             t = time.perf_counter()
             r = _real(stage, cfg)
             times[stage.name] = time.perf_counter() - t
+            if stage.name == "minhash-signatures":
+                shingles.extend(x.get("shingles") for x in r)  # None from a --baseline-src tree without the count
             return r
 
         mod.run_stage = timed
@@ -152,7 +162,8 @@ def method_falconlm(shards: list[Path], work: Path, preset: str, extra: str) -> 
                 cut += 1
             else:
                 removed.append(r["id"])
-    return {"stages": times, "total": total, "removed": removed, "cut_docs": cut}
+    signed = sum(shingles) if shingles and None not in shingles else None
+    return {"stages": times, "total": total, "removed": removed, "cut_docs": cut, "shingles": signed}
 
 
 def method_datatrove(shards: list[Path], work: Path, bands: int = 14, rows: int = 8) -> dict:
@@ -258,17 +269,20 @@ def worker(args: argparse.Namespace) -> None:
     elif args.method == "datasketch":
         r = method_datasketch(shards, work)
     else:
-        _, preset, extra = args.method.split(":")
+        _, preset, extra = args.method.split(":")  # falconlm:... or baseline:... (another source tree)
         r = method_falconlm(shards, work, preset, extra)
     r["peak_rss_mb"] = peak_rss_mb()
-    Path(args.result).write_text(json.dumps(r))
+    Path(args.result).write_text(json.dumps(r))  # read once by the parent; a baseline tree may predate falconlm.atomic
 
 
-def run_method(method: str, shards: list[Path], work: Path) -> dict | None:
-    """Run a method in its own process; None (with the reason printed) if it is unavailable."""
+def run_method(method: str, shards: list[Path], work: Path, baseline_src: str | None = None) -> dict | None:
+    """Run a method in its own process (baseline:... with falconlm from `baseline_src`); None (with the reason printed) if it is unavailable."""
     res = work.with_suffix(".json")
     cmd = [sys.executable, __file__, "_worker", method, str(work), str(res), *map(str, shards)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    if method.startswith("baseline:"):
+        env["FALCONLM_BENCH_SRC"] = str(baseline_src)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         print(f"  {method}: failed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
         return None
@@ -306,7 +320,8 @@ def evaluate(removed: list[str], all_pairs: list[dict]) -> dict:
     return out
 
 
-def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[dict], quick: bool, paper_peer: bool = False) -> dict:
+def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[dict], quick: bool, paper_peer: bool = True,
+                 bound: dict | None = None, baseline_src: str | None = None) -> dict:
     """All methods on one corpus."""
     n_docs = sum(1 for p in shards for _ in open(p, encoding="utf-8"))
     print(f"\n== {name}: {n_docs} documents, {len(pairs)} planted similarity pairs, {len(urls)} URL duplicates ==", flush=True)
@@ -314,9 +329,11 @@ def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[di
     work.mkdir(parents=True, exist_ok=True)
     methods = ["falconlm:fineweb:minhash", "datatrove", "datasketch", "falconlm:refinedweb:minhash",
                "falconlm:-:exact", "falconlm:-:url"] + (["datatrove:refinedweb"] if paper_peer else [])
+    if baseline_src:
+        methods += ["baseline:fineweb:minhash", "baseline:refinedweb:minhash"]
     results = {}
     for m in methods:
-        r = run_method(m, shards, work / m.replace(":", "_"))
+        r = run_method(m, shards, work / m.replace(":", "_"), baseline_src)
         if r is None:
             continue
         r["docs_per_s"] = n_docs / r["total"]
@@ -346,9 +363,78 @@ def bench_corpus(name: str, shards: list[Path], pairs: list[dict], urls: list[di
         peer = results["datatrove:refinedweb"]
         ratios["falconlm/datatrove end to end, 450 x 20"] = round(paper["docs_per_s"] / peer["docs_per_s"], 2)
         ratios["falconlm/datatrove signatures, 450 x 20"] = round(paper["stage_docs_per_s"]["minhash-signatures"] / peer["stage_docs_per_s"]["signatures"], 2)
+    for preset in ("fineweb", "refinedweb"):
+        now, before = results.get(f"falconlm:{preset}:minhash"), results.get(f"baseline:{preset}:minhash")
+        if now and before:
+            ratios[f"falconlm/baseline end to end, {preset}"] = round(now["docs_per_s"] / before["docs_per_s"], 2)
     for k, v in ratios.items():
         print(f"  ratio {k}: {v}x")
-    return {"documents": n_docs, "methods": results, "ratios": ratios}
+    out = {"documents": n_docs, "methods": results, "ratios": ratios}
+    if paper and paper.get("shingles") and bound:
+        # hash evaluations of the signature stage per second, everything in it included (reading,
+        # normalising, shingling, band keys, sorting and writing runs), against the fused loop alone
+        rate = paper["shingles"] * 9000 / paper["stages"]["minhash-signatures"]
+        out["signature_hashes_per_s"] = rate
+        out["signature_fraction_of_bound"] = round(rate / bound["hashes_per_s"], 3)
+        print(f"  signature stage at 450 x 20: {paper['shingles']:,} shingles x 9,000 hashes = {rate / 1e9:.2f} G hashes/s, "
+              f"{out['signature_fraction_of_bound']:.2f} of the bound ({bound['hashes_per_s'] / 1e9:.2f} G hashes/s)", flush=True)
+    return out
+
+
+def signature_bound(docs: int = 64, shingles: int = 400, repeats: int = 5) -> dict | None:
+    """Hashes/s of the compiled fused loop alone on a synthetic block (random shingles, 450 x 20 hashes): the
+    signature stage's ceiling on this core. None without numba."""
+    import numpy as np
+
+    from falconlm.data.config import MinHashConfig
+    from falconlm.data.dedup import compiled
+    from falconlm.data.dedup.minhash import MinHasher
+
+    if not compiled.ENABLED:
+        print("\n(no bound: numba is not installed, the numpy kernel runs)")
+        return None
+    h = MinHasher(MinHashConfig.preset("refinedweb"))
+    x = np.random.default_rng(0).integers(0, 2**64 - 1, size=docs * shingles, dtype=np.uint64, endpoint=True)
+    offsets = np.arange(0, docs * shingles + 1, shingles, dtype=np.int64)
+    out = np.empty((docs, len(h.a)), dtype=np.uint64)
+    compiled.signatures(x[:shingles], offsets[:2], h.a, h.b, out[:1])  # load the cached machine code first
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        compiled.signatures(x, offsets, h.a, h.b, out)
+        best = min(best, time.perf_counter() - t)
+    rate = docs * shingles * len(h.a) / best
+    print(f"\nbound: the fused loop on a {docs} x {shingles} shingle x {len(h.a):,} hash block: {rate / 1e9:.2f} G hashes/s "
+          f"(best of {repeats})", flush=True)
+    return {"hashes_per_s": rate, "block": [docs, shingles, len(h.a)]}
+
+
+def check_identical(shards: list[Path], limit: int | None) -> dict:
+    """Compiled vs numpy on every document (the first `limit`): shingles, 450 x 20 signatures, band keys."""
+    import numpy as np
+
+    from falconlm.data.config import MinHashConfig
+    from falconlm.data.dedup import compiled
+    from falconlm.data.dedup.minhash import MinHasher
+    from falconlm.data.dedup.normalize import normalized_bytes
+    from falconlm.data.dedup.shingles import combine_ngrams, word_unit_hashes
+
+    if not compiled.ENABLED:
+        return {"checked": 0}
+    docs = _docs(shards)[:limit]
+    fast_h, slow_h = MinHasher(MinHashConfig.preset("refinedweb")), MinHasher(MinHashConfig.preset("refinedweb"), compiled=False)
+    same = True
+    t0 = time.perf_counter()
+    for i in range(0, len(docs), 64):
+        units = [word_unit_hashes(normalized_bytes(d["text"]).split()) for d in docs[i : i + 64]]
+        fast = [combine_ngrams(u, 5) for u in units]
+        slow = [combine_ngrams(u, 5, compiled=False) for u in units]
+        same &= all(np.array_equal(a, b) for a, b in zip(fast, slow))
+        (sf, vf), (ss, vs) = fast_h.signatures(fast), slow_h.signatures(slow)
+        same &= np.array_equal(vf, vs) and np.array_equal(sf, ss) and np.array_equal(fast_h.band_keys(sf), slow_h.band_keys(ss))
+    print(f"  compiled == numpy (shingles, 9,000-hash signatures, band keys) on {len(docs)} documents: {same} "
+          f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    return {"checked": len(docs), "identical": bool(same)}
 
 
 def estimate_accuracy(shards: list[Path], pairs: list[dict]) -> dict:
@@ -446,7 +532,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small corpora (smoke run)")
     ap.add_argument("--no-web", action="store_true", help="skip ../shared/corpora/web-bench.warc.gz")
     ap.add_argument("--memory-scaling", action="store_true", help="also measure per-stage memory at N and 4N documents")
-    ap.add_argument("--paper-peer", action="store_true", help="also run datatrove at the paper's 450 x 20 (slow)")
+    ap.add_argument("--no-paper-peer", dest="paper_peer", action="store_false", help="skip datatrove at the paper's 450 x 20 (its slowest run)")
+    ap.add_argument("--paper-peer", action="store_true", default=True, help=argparse.SUPPRESS)  # the default now; old commands still parse
+    ap.add_argument("--baseline-src", help="also run the falconlm MinHash of this source tree (a src/ folder), e.g. an older commit's")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "dedup.json"))
     a = ap.parse_args()
     report = {
@@ -455,19 +543,25 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/bench_dedup.py", *sys.argv[1:]]),
         "corpora": {},
     }
+    report["machine"]["load_average"] = os.getloadavg()
+    report["bound"] = bound = signature_bound()
     shards, pairs, urls = fixture_corpus(150 if a.quick else 1000, CACHE / "fixture")
-    report["corpora"]["fixture"] = bench_corpus("fixture", shards, pairs, urls, a.quick, a.paper_peer)
+    report["corpora"]["fixture"] = bench_corpus("fixture", shards, pairs, urls, a.quick, a.paper_peer, bound, a.baseline_src)
     report["corpora"]["fixture"]["estimate_error"] = estimate_accuracy(shards, pairs)
+    report["corpora"]["fixture"]["compiled_equals_numpy"] = check_identical(shards, 200 if a.quick else None)
     if not a.no_web and WEB.exists():
         shards, pairs, urls = web_corpus(300 if a.quick else None)
-        report["corpora"]["web-bench"] = bench_corpus("web-bench", shards, pairs, urls, a.quick, a.paper_peer)
+        report["corpora"]["web-bench"] = bench_corpus("web-bench", shards, pairs, urls, a.quick, a.paper_peer, bound, a.baseline_src)
+        report["corpora"]["web-bench"]["compiled_equals_numpy"] = check_identical(shards, 100 if a.quick else None)
     elif not a.no_web:
         print(f"\n(skipping web-bench: {WEB} not found)")
     if a.memory_scaling:
         report["memory_scaling_mib"] = memory_scaling(a.quick)
     out = Path(a.out if not a.quick else str(a.out).replace(".json", "-quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    from falconlm.atomic import atomic_write_text
+
+    atomic_write_text(out, json.dumps(report, indent=1))
     print(f"\nwrote {out}")
 
 

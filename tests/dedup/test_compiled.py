@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from falconlm.data.config import DedupConfig, MinHashConfig, RefineConfig, Resources
+from falconlm.data.dedup import minhash, minhash_stage
 from falconlm.data.dedup import shingles as shingles_mod
 from falconlm.data.dedup.minhash import MinHasher
 from falconlm.data.dedup.normalize import normalize_unjoined, normalized_bytes
@@ -102,20 +104,42 @@ def test_normalized_bytes_equals_normalize_unjoined():
         assert normalized_bytes(s) == normalize_unjoined(s).encode("utf-8")
 
 
+def test_compiled_path_is_taken_when_it_pays_off(monkeypatch):
+    """Loading numba costs ~0.5 s once per process: a small task at 112 hashes keeps to numpy, 9,000 do not."""
+    monkeypatch.delitem(sys.modules, "falconlm.data.dedup.compiled", raising=False)
+    assert not minhash.compiled_pays_off(1_500_000, 112)
+    assert minhash.compiled_pays_off(1_500_000, 9000)
+    assert minhash.compiled_pays_off(200_000_000, 112)
+    assert minhash.compiled_pays_off(0, 112)  # size unknown
+    monkeypatch.setitem(sys.modules, "falconlm.data.dedup.compiled", compiled)
+    assert minhash.compiled_pays_off(1_000, 112)  # already loaded in this process: nothing left to pay
+
+
+@needs_numba
 @pytest.mark.slow
 def test_minhash_run_is_the_same_without_numba(small_corpus, read_output, tmp_path, monkeypatch):
-    """A whole MinHash dedup run with the kernels off gives the compiled run's output and removals."""
+    """A whole MinHash dedup run on the compiled kernels gives the numpy run's output and clusters."""
     shards, _ = small_corpus
     cfg = RefineConfig(dedup=DedupConfig(minhash=MinHashConfig(bands=20, rows=5), exact_substring=None, url=None,
                                          resources=Resources(memory_mb=64)))
+    calls = {"signatures": 0}
+    real = compiled.signatures
+
+    def counted(*args):
+        calls["signatures"] += 1
+        return real(*args)
 
     def run(out: Path) -> tuple[list[dict], bytes]:
         run_refine(shards, out, "dedup", cfg, ExecConfig(progress=False), report=False)
         return read_output(out), (out / "dedup" / "minhash" / "clusters.json").read_bytes()
 
+    monkeypatch.setattr(compiled, "signatures", counted)
+    monkeypatch.setattr(minhash_stage, "compiled_pays_off", lambda *a: True)
     fast = run(tmp_path / "fast")
+    used = calls["signatures"]
+    assert used >= len(shards)  # every shard was signed by the compiled kernel
     monkeypatch.setattr(compiled, "ENABLED", False)
     assert shingles_mod.compiled_kernels() is None and not MinHasher(MinHashConfig()).compiled
     slow = run(tmp_path / "slow")
-    assert slow == fast
+    assert calls["signatures"] == used and slow == fast  # the numpy path signed this run
     assert len(fast[0]) < sum(1 for p in shards for _ in open(p, encoding="utf-8"))  # it did remove duplicates

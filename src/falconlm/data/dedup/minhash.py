@@ -8,6 +8,7 @@ estimator is unaffected (tests compare it with the true Jaccard and with dataske
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +33,21 @@ def s_curve_table(bands: int, rows: int, points: Sequence[float] = (0.5, 0.6, 0.
     thr = (1.0 / bands) ** (1.0 / rows)
     lines.append(f"  (threshold ~ (1/b)^(1/r) = {thr:.3f})")
     return "\n".join(lines)
+
+
+# The compiled path costs about half a second once per process (importing numba, loading its cached
+# machine code); numpy spends ~3.5 ns more than the fused loop per hash evaluation. A task with less
+# work than that keeps to numpy (same bits either way).
+COMPILE_STARTUP_S = 0.5
+NUMPY_EXTRA_S_PER_HASH = 3.5e-9
+BYTES_PER_SHINGLE = 6.5  # about one word-5-gram per word of ~5.5 characters and its separator
+
+
+def compiled_pays_off(text_bytes: int, num_hashes: int) -> bool:
+    """Whether loading the compiled kernels saves time on `text_bytes` of input (0: unknown, assume so)."""
+    if not text_bytes or "falconlm.data.dedup.compiled" in sys.modules:  # unknown size, or already paid for
+        return True
+    return text_bytes / BYTES_PER_SHINGLE * num_hashes * NUMPY_EXTRA_S_PER_HASH > COMPILE_STARTUP_S
 
 
 class MinHasher:

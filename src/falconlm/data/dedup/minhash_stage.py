@@ -35,7 +35,7 @@ from falconlm.data.dedup.common import (
     work_dir,
 )
 from falconlm.data.dedup.merge import GroupFirsts, merge_sorted
-from falconlm.data.dedup.minhash import MinHasher, s_curve_table
+from falconlm.data.dedup.minhash import MinHasher, compiled_pays_off, s_curve_table
 from falconlm.data.dedup.records import KEY_DOC, PAIR, ShardRemovalWriter, write_records
 from falconlm.data.dedup.shingles import shingles_batch
 from falconlm.data.dedup.components import star_components
@@ -67,7 +67,8 @@ class SignatureTask(ShardTask):
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
-        hasher = MinHasher(cfg)
+        compiled = compiled_pays_off(self.size_bytes, cfg.num_hashes)
+        hasher = MinHasher(cfg, compiled)
         sig_dir = Path(self.work) / "signatures"
         sig_dir.mkdir(parents=True, exist_ok=True)
         prefix = f"s{self.shard:05d}."
@@ -96,7 +97,7 @@ class SignatureTask(ShardTask):
 
         def flush() -> None:
             nonlocal buffered, unsigned, shingles
-            sh = shingles_batch(texts, cfg.ngram, cfg.tokenizer)
+            sh = shingles_batch(texts, cfg.ngram, cfg.tokenizer, compiled=compiled)
             shingles += sum(len(s) for s in sh)
             sigs, valid = hasher.signatures(sh)
             unsigned += len(texts) - len(valid)

@@ -70,10 +70,10 @@ def word_unit_hashes(words: Sequence[bytes], seed: int = 0) -> np.ndarray:
     return np.fromiter((f(w, seed) for w in words), dtype=np.uint64, count=len(words))
 
 
-def word_shingles(text: str, n: int = 5, seed: int = 0) -> np.ndarray:
-    """Unique hashed word n-grams of the RefinedWeb-normalised text."""
+def word_shingles(text: str, n: int = 5, seed: int = 0, compiled: bool = True) -> np.ndarray:
+    """Unique hashed word n-grams of the RefinedWeb-normalised text (`compiled`: see combine_ngrams)."""
     # Split the normalised UTF-8 bytes: xxhash wants bytes, and one encode beats one per word.
-    return combine_ngrams(word_unit_hashes(normalized_bytes(text).split(), seed), n)
+    return combine_ngrams(word_unit_hashes(normalized_bytes(text).split(), seed), n, compiled)
 
 
 @lru_cache(maxsize=4)
@@ -87,22 +87,23 @@ def load_tokenizer(path: str):
         raise FalconError(f"cannot load tokenizer {path}: {str(exc).splitlines()[0]}") from None
 
 
-def token_shingles_batch(texts: Sequence[str], tokenizer_path: str, n: int = 5) -> list[np.ndarray]:
+def token_shingles_batch(texts: Sequence[str], tokenizer_path: str, n: int = 5, compiled: bool = True) -> list[np.ndarray]:
     """Unique hashed n-grams of token ids (the paper's GPT-2-token shingles) for a batch of texts."""
     tok = load_tokenizer(tokenizer_path)
     encs = tok.encode_batch([normalize_text(t) for t in texts], add_special_tokens=False)
     out = []
     for enc in encs:
         ids = np.asarray(enc.ids, dtype=np.uint64)
-        out.append(combine_ngrams(mix64(ids + np.uint64(1)), n))
+        out.append(combine_ngrams(mix64(ids + np.uint64(1)), n, compiled))
     return out
 
 
-def shingles_batch(texts: Sequence[str], n: int = 5, tokenizer_path: str | None = None, seed: int = 0) -> list[np.ndarray]:
+def shingles_batch(texts: Sequence[str], n: int = 5, tokenizer_path: str | None = None, seed: int = 0,
+                   compiled: bool = True) -> list[np.ndarray]:
     """Shingle hashes for many texts: word n-grams, or token-id n-grams when a tokenizer is given."""
     if tokenizer_path:
-        return token_shingles_batch(texts, tokenizer_path, n)
-    return [word_shingles(t, n, seed) for t in texts]
+        return token_shingles_batch(texts, tokenizer_path, n, compiled)
+    return [word_shingles(t, n, seed, compiled) for t in texts]
 
 
 def ngram_set(text: str, n: int = 5) -> set[tuple[str, ...]]:
