@@ -61,7 +61,7 @@ def build(out: Path) -> dict[str, Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(18)
-    good = [{"id": f"en-{i}", "text": _doc(rng, EN)} for i in range(40)]
+    good = [{"id": f"en-{i}", "url": f"https://news.example.org/en/{i}", "text": _doc(rng, EN)} for i in range(40)]
     files: dict[str, bytes] = {}
     files["good.jsonl"] = _lines(good)
     files["good.jsonl.zst"] = zstandard.ZstdCompressor(level=3).compress(files["good.jsonl"])
@@ -84,7 +84,7 @@ def build(out: Path) -> dict[str, Path]:
     files["random.jsonl.zst"] = rng.randbytes(4096)
     files["empty.warc.gz"] = gzip.compress(b"", mtime=0)
     files["random.warc.gz"] = rng.randbytes(4096)
-    files["french.jsonl"] = _lines([{"id": f"fr-{i}", "text": _doc(rng, FR, 8)} for i in range(40)])
+    files["french.jsonl"] = _lines([{"id": f"fr-{i}", "url": f"https://journal.example.fr/{i}", "text": _doc(rng, FR, 8)} for i in range(40)])
     chats = [{"messages": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": _doc(rng, EN, 1)}]} for i in range(8)]
     files["chat.jsonl"] = _lines(chats)
     files["bad.yaml"] = b"quality:\n  min_doc_words: [1, 2\n"

@@ -82,5 +82,5 @@ def test_other_configuration_is_refused(tmp_path):
 
     fast = replace(cfg, extract=ExtractConfig(extractor="resiliparse"))
     run_refine([inp], tmp_path / "o", recipe="refinedweb-filter", config=fast, exec_config=ExecConfig(progress=False))
-    with pytest.raises(FalconError, match="another recipe, configuration"):
+    with pytest.raises(FalconError, match="made with another configuration"):
         run_refine([inp], tmp_path / "o", recipe="refinedweb-filter", config=cfg, exec_config=ExecConfig(progress=False))

@@ -80,9 +80,12 @@ def report_progress(docs: int = 0, nbytes: int = 0) -> None:
         _progress_sink(docs, nbytes)
 
 
-def _init_worker(q: Any) -> None:
-    """Worker-process initialiser: route report_progress into the parent's queue."""
+def _init_worker(q: Any, parent_pid: int | None = None) -> None:
+    """Worker-process initialiser: die with the parent (falconlm.workers), route report_progress into the parent's queue."""
     global _progress_sink
+    from falconlm.workers import die_with_parent
+
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     _progress_sink = lambda d, b: q.put((d, b))  # noqa: E731
 
@@ -100,9 +103,14 @@ def execute_task(task: Task, marker_dir: str) -> dict[str, Any]:
     return result
 
 
+_USER_ERROR = "FalconError: "  # how _safe_execute marks a failure that is already a user-facing sentence
+
+
 def _safe_execute(task: Task, marker_dir: str) -> tuple[str, dict[str, Any] | None, str | None]:
     try:
         return task.id, execute_task(task, marker_dir), None
+    except FalconError as exc:  # a sentence for the user (a corrupt input...), which rerunning will not fix
+        return task.id, None, f"{_USER_ERROR}{exc}"
     except Exception:  # report, don't kill the pool: the other tasks still finish
         return task.id, None, traceback.format_exc()
 
@@ -187,6 +195,8 @@ def run_stage(stage: Stage, config: ExecConfig | None = None) -> list[dict[str, 
         bar.close()
     if failures:
         first_id, first_tb = next(iter(failures.items()))
+        if first_tb.startswith(_USER_ERROR):
+            raise FalconError(first_tb[len(_USER_ERROR):])
         raise FalconError(
             f"stage {stage.name}: {len(failures)} of {len(stage.tasks)} tasks failed (first: {first_id}: "
             f"{first_tb.strip().splitlines()[-1]}); finished tasks are kept, rerun the same command to retry"
@@ -211,6 +221,9 @@ def _run_local(
 
     import multiprocessing as mp
 
+    from falconlm.workers import quiet_resource_tracker
+
+    quiet_resource_tracker()
     ctx = mp.get_context("spawn")  # fork + threads (tqdm, pyarrow) is unsafe; spawn is portable
     q = ctx.Queue()
     stop = threading.Event()
@@ -227,7 +240,7 @@ def _run_local(
 
     th = threading.Thread(target=drain, daemon=True)
     th.start()
-    with ctx.Pool(processes=min(config.workers, len(todo)), initializer=_init_worker, initargs=(q,)) as pool:
+    with ctx.Pool(processes=min(config.workers, len(todo)), initializer=_init_worker, initargs=(q, os.getpid())) as pool:
         pending = [pool.apply_async(_safe_execute, (t, marker_dir)) for t in todo]
         for p in pending:
             _collect(*p.get(), bar, results, failures)

@@ -16,7 +16,7 @@ from falconlm.data.config import RefineConfig
 from falconlm.data.document import Document
 from falconlm.data.executor import Stage, report_progress, run_stage
 from falconlm.data.extract import Extract
-from falconlm.data.readers import ReaderOptions, input_format, read_documents
+from falconlm.data.readers import ReaderOptions, ReadReport, input_format, read_documents
 from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import PipelineStep, Step, StepStats, run_steps
 from falconlm.data.writers import ShardWriter, shard_name
@@ -70,7 +70,8 @@ class FilterTask:
                 dropped_writer.write(Document(doc.id, doc.text, doc.url, meta))
 
         position = _Position(self.size_bytes, os.path.getsize(self.input_path))
-        docs = read_documents(self.input_path, self.reader, read_stats, position.update)
+        skipped = ReadReport()  # a damaged crawl file keeps what was read; the summary names it
+        docs = read_documents(self.input_path, self.reader, read_stats, position.update, report=skipped)
         docs = _progress(docs, position)
         stream, stats = run_steps(docs, steps, on_drop)
         if dropped_writer is not None:
@@ -92,6 +93,7 @@ class FilterTask:
             "input": self.input_path,
             "output": self.output_path,
             "docs_read": read_stats.docs_out,
+            "skipped_input": skipped.to_dict()["files"],
             "stats": [read_stats.to_dict()] + [s.to_dict() for s in stats],
             "examples": examples,
         }
@@ -186,6 +188,7 @@ class FilterStage:
             outputs=[Path(t.output_path) for t in tasks],
             stats=[{**s.to_dict(), "stage": self.name} for s in merged],
             examples=examples,
+            skipped_input=[f for r in results for f in r.get("skipped_input", [])],
         )
 
 

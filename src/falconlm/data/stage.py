@@ -46,6 +46,7 @@ class StageResult:
     outputs: list[Path]
     stats: list[dict[str, Any]] = field(default_factory=list)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    skipped_input: list[dict[str, Any]] = field(default_factory=list)  # FileSkips.to_dict() of input files with skipped records
 
 
 class RecipeStage(Protocol):

@@ -83,6 +83,7 @@ class ChatSession:
         `ids` is the prompt from prompt_ids(user) when the caller already made it. Ctrl-C stops the reply.
         """
         from falconlm.decoding.generate import TextStream
+        from falconlm.tokenizer.chat_template import ReplyStream, reply_text
 
         if ids is None:
             ids, _ = self.prompt_ids(user)
@@ -91,14 +92,12 @@ class ChatSession:
         self.prefilled = len(ids) - min(cache.length, len(ids) - 1) if cache is not None else len(ids)
         stream = TextStream(self.model, self.tokenizer, [ids], self.generation, cache=cache)
         interrupted = False
-        text, shown = "", 0
+        shown = ReplyStream()  # what is written adds up to reply_text(answer)
         try:
             for deltas in stream:
-                text += deltas[0]
-                visible = text.rstrip()  # trailing white space waits for the next word (a reply never ends in it)
-                if len(visible) > shown:
-                    write(visible[shown:])
-                    shown = len(visible)
+                piece = shown.push(deltas[0])
+                if piece:
+                    write(piece)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -106,7 +105,7 @@ class ChatSession:
         result = stream.completions[0]
         if cache is not None and not interrupted and cache.length == len(ids) + len(result.tokens) - 1:
             self._cached_ids = ids + result.tokens[:-1]  # every generated token but the last was fed back
-        answer = result.text.strip()
+        answer = reply_text(result.text)
         self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         return answer, interrupted
 

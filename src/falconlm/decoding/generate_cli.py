@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype)
     tokenizer = FalconTokenizer.load(cmd.checkpoint)
     stream = TextStream(model, tokenizer, [tokenizer.encode(p) for p in cmd.prompt], cmd.generation)
+    if cmd.stream:  # the same text as without --stream: the prompt, then its continuation as it comes
+        sys.stdout.write(cmd.prompt[0])
+        sys.stdout.flush()
     start = time.perf_counter()
     for deltas in stream:
         if cmd.stream and deltas[0]:

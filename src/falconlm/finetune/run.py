@@ -132,6 +132,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.warmup_fraction is not None:
         steps = tc.max_steps if tc.max_steps is not None else math.ceil(tc.max_tokens / (tc.global_batch_size * tc.seq_len))
         tc.warmup_tokens = float(int(cfg.warmup_fraction * steps) * tc.global_batch_size * tc.seq_len)
+    if _is_main() and per_epoch < tc.global_batch_size:
+        print(f"warning: an epoch holds {per_epoch:,} sequence(s), fewer than one optimizer step's --global-batch-size {tc.global_batch_size}, "
+              f"so {cfg.epochs:g} epoch(s) make only {tc.max_steps or 1} step(s) (the warm-up barely starts); lower --global-batch-size "
+              "(and --micro-batch-size) or set --max-steps", file=sys.stderr)
     fingerprint = batches.fingerprint()
     if _is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +175,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             tokenizer_dir=base,
             load_model=load_model,
             write_model=write_model,
+            trainable_fraction=0.0 if lora else 1.0,  # LoRA trains adapters, a sliver of the weights
         )
 
     result = pretrain(tc, make_task)

@@ -135,7 +135,8 @@ def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype 
     """Build on the meta device, then assign each tensor read from disk (checked by name and shape)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FalconError(f"checkpoint directory {directory} does not exist")
+        what = "is a file, not a checkpoint directory" if directory.is_file() else "does not exist"
+        raise FalconError(f"checkpoint directory {directory} {what}")
     config = FalconConfig.from_json(directory / "config.json")
     files = checkpoint_files(directory)
     target_dtype = parse_dtype(dtype) or parse_dtype(config.torch_dtype if config.torch_dtype in DTYPES else None) or torch.float32

@@ -20,6 +20,7 @@ class InitModelConfig:
     max_shard_size: str = "5GB"  # largest safetensors file; bigger models are sharded with an index
     tokenizer: str | None = None  # directory whose tokenizer files are copied along
     vocab_size: int | None = None  # override the preset's vocabulary size
+    force: bool = False  # write it even when the memory estimate exceeds what the machine has left
 
 
 @dataclass
@@ -57,11 +58,24 @@ def run(args: argparse.Namespace) -> int:
     from falconlm.model.checkpoint import parse_dtype
     from falconlm.model.falcon import build_model
 
+    from falconlm.atomic import output_dir
+    from falconlm.errors import FalconError
+    from falconlm.memory import check_fits, inference_bytes
+
     model_config = FalconConfig.load(cfg.preset)
     if cfg.vocab_size:
         model_config = dataclasses.replace(model_config, vocab_size=cfg.vocab_size)
+    if cfg.tokenizer:
+        from falconlm.tokenizer.falcon import FalconTokenizer
+
+        ids = FalconTokenizer.load(cfg.tokenizer).vocab_size
+        if ids > model_config.vocab_size:
+            raise FalconError(f"the tokenizer in {cfg.tokenizer} has {ids:,} ids but the model's vocab_size is {model_config.vocab_size:,}, "
+                              f"so it could not embed every token; pass --vocab-size {ids} (or more)")
+    check_fits(inference_bytes(model_config, "float32"), f"init-model {cfg.preset}", "cpu", cfg.force, hint="choose a smaller preset")
     model = build_model(model_config, dtype=parse_dtype(cfg.dtype) or torch.float32, seed=cfg.seed)
-    model.save_pretrained(cfg.out, max_shard_size=cfg.max_shard_size, tokenizer_dir=cfg.tokenizer)
+    with output_dir(cfg.out):
+        model.save_pretrained(cfg.out, max_shard_size=cfg.max_shard_size, tokenizer_dir=cfg.tokenizer)
     print(f"wrote a randomly initialised {cfg.preset} ({model.num_parameters() / 1e6:.1f}M parameters, {cfg.dtype}) to {cfg.out}")
     return 0
 

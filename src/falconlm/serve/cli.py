@@ -28,6 +28,7 @@ class ServeCommand:
     threads: int | None = None  # torch intra-op threads; None: torch's choice
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # server log verbosity
     step_mode: Literal["auto", "eager", "static", "graph"] = "auto"  # how decode steps run: auto is CUDA graphs on a GPU, eager on CPU
+    force: bool = False  # load even when the memory estimate exceeds what the machine has left
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.tokenizer.falcon import FalconTokenizer
 
+    from falconlm.memory import check_fits, inference_bytes
+    from falconlm.model.config import FalconConfig
+
+    mconfig = FalconConfig.from_json(args.checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None)), f"serving {args.checkpoint}", device, args.force,
+               hint="serve a smaller checkpoint or a lower --dtype")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

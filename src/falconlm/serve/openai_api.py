@@ -21,6 +21,7 @@ from falconlm.serve.requests import (
 )
 from falconlm.serve.schemas import ChatCompletionRequest, CompletionRequest
 from falconlm.serve.streaming import collect, frame, merged, record_usage, sse
+from falconlm.tokenizer.chat_template import ReplyStream, reply_text
 
 
 def add_routes(app: FastAPI, st: ServerState) -> None:
@@ -72,7 +73,7 @@ def add_routes(app: FastAPI, st: ServerState) -> None:
         results = await collect(request, st, seqs, queue)
         choices = []
         for seq, res in zip(seqs, results):
-            choice = {"index": seq.index, "message": {"role": "assistant", "content": res.text}, "logprobs": None, "finish_reason": res.finish_reason}
+            choice = {"index": seq.index, "message": {"role": "assistant", "content": reply_text(res.text)}, "logprobs": None, "finish_reason": res.finish_reason}
             if body.logprobs:
                 choice["logprobs"] = {"content": [chat_logprob(st, t) for t in res.tokens]}
             choices.append(choice)
@@ -105,11 +106,13 @@ async def chat_stream(st: ServerState, body: ChatCompletionRequest, seqs: list[S
     for s in seqs:
         yield chunk([{"index": s.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
     completion = 0
+    replies = {s.index: ReplyStream() for s in seqs}  # the streamed content adds up to the non-streamed reply_text
     async for index, ev in merged(request, st, seqs, queue):
         completion += len(ev.tokens)
-        if ev.text or body.logprobs:
+        text = replies[index].push(ev.text)
+        if text or body.logprobs:
             lp = {"content": [chat_logprob(st, t) for t in ev.tokens]} if body.logprobs else None
-            yield chunk([{"index": index, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}])
+            yield chunk([{"index": index, "delta": {"content": text}, "logprobs": lp, "finish_reason": None}])
         if ev.finish_reason is not None:
             yield chunk([{"index": index, "delta": {}, "logprobs": None, "finish_reason": ev.finish_reason}])
     usage = record_usage(request, prompt_tokens, completion)

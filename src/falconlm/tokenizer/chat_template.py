@@ -42,6 +42,30 @@ DEFAULT_STOP = ["\nUser:"]
 TEMPLATE_FILE = "chat_template.jinja"
 
 
+def reply_text(text: str) -> str:
+    """An assistant reply as shown and kept in the history: without the space the template puts after
+    "Assistant:" and the newline that ends the turn (the chat CLI and the server show the same text)."""
+    return text.strip()
+
+
+class ReplyStream:
+    """reply_text for a reply that arrives in pieces: leading white space dropped, trailing white space held until more text follows."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.held = ""
+
+    def push(self, piece: str) -> str:
+        """The part of `piece` (with what was held) that can be shown now."""
+        text = self.held + piece
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        shown = text.rstrip()
+        self.held = text[len(shown):]
+        return shown
+
+
 def message_text(content: Any) -> str:
     """The text of a message's content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
     if isinstance(content, str):

@@ -71,6 +71,12 @@ class TrainConfig:
     tensorboard: bool = True  # write TensorBoard logs (when the tensorboard package is installed)
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; None = measured with a matmul at start
     progress_bar: bool = True  # show a progress bar
+    force: bool = False  # start even when the memory estimate exceeds what the machine has left
+
+    # What a resumed run may change (cadence of logging, evaluation and checkpoints, the run's length);
+    # every other field must equal the checkpoint's, or the run would not continue the same training.
+    RESUME_OVERRIDABLE = ("max_steps", "max_tokens", "log_interval", "eval_interval", "eval_batches", "save_interval", "keep_last",
+                          "resume", "tensorboard", "peak_flops", "progress_bar", "force", "device", "compile", "strategy", "out", "data")
 
     def validate(self, require_data: bool = True) -> None:
         """Raise FalconError on values that cannot work (require_data=False: batches come from elsewhere, e.g. fine-tuning)."""
@@ -78,9 +84,16 @@ class TrainConfig:
             raise FalconError("no training data: pass --data DIR (a directory written by `falconlm tokenize`)")
         if self.max_steps is None and self.max_tokens is None:
             raise FalconError("set a run length: --max-steps N or --max-tokens N")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise FalconError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise FalconError(f"--max-tokens must be positive, got {self.max_tokens:g}")
         for name in ("seq_len", "global_batch_size", "micro_batch_size", "log_interval", "keep_last"):
             if getattr(self, name) < 1:
                 raise FalconError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_tokens", "batch_rampup_tokens", "eval_interval", "save_interval", "eval_batches", "grad_clip", "z_loss", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise FalconError(f"{name} must be at least 0, got {getattr(self, name)}")
         if self.sampling not in SAMPLING:
             raise FalconError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.strategy not in STRATEGIES:
@@ -93,6 +106,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML/JSON."""
         return dataclasses.asdict(self)
+
+    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
+        """The settings of this config that differ from a checkpoint's (`saved`: its to_dict()), ignoring RESUME_OVERRIDABLE."""
+        out = []
+        for name, value in self.to_dict().items():
+            if name in self.RESUME_OVERRIDABLE or name not in saved:
+                continue
+            old = saved[name]
+            same = float(old) == float(value) if isinstance(old, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool) else old == value
+            if not same:
+                out.append(f"{name} {old!r} -> {value!r}")
+        return out
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the resolved config as YAML, atomically."""

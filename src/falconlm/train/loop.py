@@ -55,9 +55,21 @@ def train(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConfig, Dist
     from falconlm.train.step import evaluate, save, train_step
     from falconlm.train.trainer import build_trainer
 
-    t = build_trainer(cfg, env, make_task)
+    import contextlib
+
+    from falconlm.atomic import output_dir
+
+    # A run refused during setup (vocabulary, memory, settings) leaves no half-made --out behind.
+    with output_dir(cfg.out) if env.is_main else contextlib.nullcontext():
+        t = build_trainer(cfg, env, make_task)
+    result = RunResult(step=t.step, tokens=t.tokens, checkpoint=t.last_checkpoint)
+    if t.step >= t.sched.total_steps:
+        if env.is_main:
+            print(f"{t.task.name}: {t.last_checkpoint} is at step {t.step}, the run's last ({t.sched.total_steps}); nothing to do "
+                  "(raise --max-steps or --max-tokens to train further)")
+        return result
     progress = Progress(t)
-    result = RunResult(step=t.step, tokens=t.tokens)
+    stop = _StopOnInterrupt(env)
     try:
         while t.step < t.sched.total_steps:
             plan = t.sched.plan(t.step + 1, t.tokens, t.samples)
@@ -78,11 +90,63 @@ def train(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConfig, Dist
                     result.val_losses[t.step] = val_loss
             if _due(cfg.log_interval, t.step, last) or val_loss is not None:
                 progress.log(plan, lr, val_loss)
-            if _due(cfg.save_interval, t.step, last):
+            interrupted = stop.requested()
+            if _due(cfg.save_interval, t.step, last) or interrupted:
                 with progress.paused():
                     result.checkpoint = save(t)
+            if interrupted:
+                if env.is_main:
+                    progress.bar.write(f"interrupted: saved {result.checkpoint} at step {t.step}; continue with --resume")
+                raise KeyboardInterrupt
     finally:
+        stop.restore()
         progress.close()
     result.step, result.tokens = t.step, t.tokens
     progress.summary(result)
     return result
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C (SIGINT) asks the loop to save a checkpoint after the current step and stop; a second one aborts at once.
+
+    Under torchrun every rank gets the signal; the ranks agree (an all-reduce of the flag) so they save the same step together.
+    """
+
+    def __init__(self, env: DistEnv) -> None:
+        import signal
+        import threading
+
+        self.env = env
+        self.flag = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import signal
+        import sys
+
+        if self.flag:  # the second Ctrl-C: stop now, without saving
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.flag = True
+        print("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def requested(self) -> bool:
+        """Whether any rank was interrupted."""
+        if not self.env.distributed:
+            return self.flag
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.flag else 0.0], device=self.env.device)
+        dist.all_reduce(flag)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        """Put the previous handler back."""
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None

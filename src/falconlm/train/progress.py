@@ -87,7 +87,7 @@ class Progress:
         eta = (t.sched.total_tokens - t.tokens) / done_rate if done_rate > 0 else math.inf
         record: dict[str, Any] = {
             "step": t.step, "tokens": t.tokens, "loss": float(np.mean(self.losses)), "lr": lr, "grad_norm": float(np.mean(self.norms)),
-            "batch_size": plan.batch, "tokens_per_s": tps, "mfu": mfu, "elapsed_s": time.perf_counter() - self.run_t0,
+            "batch_size": plan.batch, "tokens_per_s": tps, "mfu": mfu if mfu <= 1.0 else None, "elapsed_s": time.perf_counter() - self.run_t0,
         }
         if val_loss is not None:
             record["val_loss"] = val_loss
@@ -96,7 +96,7 @@ class Progress:
             vl = f" | val {val_loss:.4f}" if val_loss is not None else ""
             self.bar.write(
                 f"step {t.step:>6}/{t.sched.total_steps} | loss {record['loss']:.4f}{vl} | lr {lr:.3e} | grad {record['grad_norm']:.3f} | "
-                f"batch {plan.batch} | {tps:,.0f} tok/s | MFU {mfu * 100:.1f}% | ETA {format_duration(eta)}"
+                f"batch {plan.batch} | {tps:,.0f} tok/s | MFU {format_mfu(mfu)} | ETA {format_duration(eta)}"
             )
             sys.stdout.flush()  # log files and pipes see each line as it happens
         self._new_window()
@@ -118,3 +118,8 @@ class Progress:
             f"final loss {result.losses.get(result.step, float('nan')):.4f}{vl}; checkpoint {result.checkpoint}"
             + (f"; loss curve {plot}" if plot else "")
         )
+
+
+def format_mfu(mfu: float) -> str:
+    """MFU as a percentage; above 100% the peak it is measured against is too low (a tiny model outruns the matmul probe), so no figure."""
+    return f"{mfu * 100:.1f}%" if mfu <= 1.0 else "n/a (above the measured peak; pass --peak-flops)"

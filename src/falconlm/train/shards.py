@@ -100,8 +100,12 @@ def is_heldout(text: str, fraction: float) -> bool:
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_file: str, dtype: str, val_fraction: float) -> None:
+def _init_worker(tokenizer_file: str, dtype: str, val_fraction: float, parent_pid: int | None = None) -> None:
     """Load the tokenizer once per worker process."""
+    if parent_pid is not None:  # a pool worker: die with the parent, quietly (falconlm.workers)
+        from falconlm.workers import die_with_parent
+
+        die_with_parent(parent_pid)
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     _WORKER["tok"] = FalconTokenizer.load(tokenizer_file)
@@ -262,7 +266,11 @@ def _tokenize_into(out: Path, files: list[Path], tok, tok_file: Path, dtype: np.
     new_tokens = 0
     bar = tqdm(desc="tokenize", unit="doc", disable=not progress, initial=docs_done, dynamic_ncols=True)
     ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok_file), dtype.name, val_fraction)) if workers > 1 else None
+    if workers > 1:
+        from falconlm.workers import quiet_resource_tracker
+
+        quiet_resource_tracker()
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(tok_file), dtype.name, val_fraction, os.getpid())) if workers > 1 else None
     try:
         if pool is None:
             _init_worker(str(tok_file), dtype.name, val_fraction)

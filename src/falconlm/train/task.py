@@ -48,6 +48,7 @@ class TrainTask:
     load_model: Callable[[Path | None, torch.dtype, torch.device], nn.Module] | None = None
     # (directory, full state dict) -> writes the model part of a checkpoint; None = an HF model directory
     write_model: Callable[[Path, dict[str, torch.Tensor]], None] | None = None
+    trainable_fraction: float = 1.0  # share of the parameters trained (LoRA: the adapters'), for the memory estimate
 
 
 def pretraining_task(cfg: TrainConfig, env: DistEnv) -> TrainTask:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,15 +113,29 @@ def _resume_point(cfg: TrainConfig, env: DistEnv, ckpt_dir: Path) -> Path | None
     return latest if cfg.resume else None
 
 
-def _build_model(cfg: TrainConfig, env: DistEnv, task: TrainTask, resume_from: Path | None, precision: str) -> tuple[nn.Module, FalconConfig]:
+def check_model(cfg: TrainConfig, env: DistEnv, task: TrainTask, mconfig: FalconConfig, precision: str, strategy: str) -> None:
+    """Refuse, before anything is allocated, a model the data or the sequence length cannot use, or one too big for the machine."""
+    from falconlm.memory import check_fits, training_bytes
+
+    if task.vocab_size > mconfig.vocab_size:
+        raise FalconError(f"{task.data_name} has {task.vocab_size:,} ids but the model's vocab_size is {mconfig.vocab_size:,}; "
+                          f"give the model that vocabulary (--model-overrides vocab_size={task.vocab_size}) or tokenize with a smaller tokenizer")
+    if not mconfig.alibi and cfg.seq_len > mconfig.max_position_embeddings:
+        raise FalconError(f"--seq-len {cfg.seq_len:,} exceeds the model's max_position_embeddings {mconfig.max_position_embeddings:,} "
+                          "(its rotary positions stop there); lower --seq-len or raise max_position_embeddings with --model-overrides")
+    need = training_bytes(mconfig, cfg.seq_len, cfg.micro_batch_size, 2 if precision == "bf16-true" else 4, task.trainable_fraction,
+                          env.world if strategy == "fsdp" else 1, cfg.activation_checkpointing)
+    name = Path(cfg.model).name
+    check_fits(need, f"{task.name} of {mconfig.num_parameters() / 1e9:.2f}B-parameter {name}", str(env.device), cfg.force,
+               hint="choose a smaller --model (e.g. tiny-7b) or lower --micro-batch-size / --seq-len")
+
+
+def _build_model(cfg: TrainConfig, env: DistEnv, task: TrainTask, resume_from: Path | None, precision: str, strategy: str) -> tuple[nn.Module, FalconConfig]:
     """The model to train, with identical initial weights on every rank (same seed) or the checkpoint's."""
     from falconlm.model.falcon import FalconForCausalLM, build_model
 
     mconfig, weights_dir = _model_config(cfg, resume_from if task.load_model is None else None)
-    if task.vocab_size > mconfig.vocab_size:
-        raise FalconError(f"{task.data_name} has {task.vocab_size:,} ids but the model's vocab_size is {mconfig.vocab_size:,}")
-    if mconfig.alibi is False and cfg.seq_len > mconfig.max_position_embeddings and env.is_main:
-        log.warning("seq_len %d exceeds max_position_embeddings %d", cfg.seq_len, mconfig.max_position_embeddings)
+    check_model(cfg, env, task, mconfig, precision, strategy)
     param_dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
     if task.load_model is not None:
         model = task.load_model(resume_from, param_dtype, env.device)
@@ -130,6 +145,21 @@ def _build_model(cfg: TrainConfig, env: DistEnv, task: TrainTask, resume_from: P
         model = build_model(mconfig, dtype=param_dtype, device=env.device, seed=cfg.seed)
     model.train()
     return model, mconfig
+
+
+def warn_short_run(t: Trainer) -> None:
+    """Say loudly when the warm-up or the batch ramp-up outlasts the run: the paper's schedules do nothing on a short run."""
+    c, total = t.cfg, t.sched.total_tokens
+    if not t.env.is_main:
+        return
+    if c.warmup_tokens > total:
+        print(f"warning: the warm-up ({c.warmup_tokens:,.0f} tokens) is longer than the whole run ({total:,} tokens), so the learning rate "
+              f"never reaches --lr {c.lr:g} (it ends at {t.sched.lr(total):.2e}); set --warmup-tokens to a part of the run, e.g. {total // 10:,}",
+              file=sys.stderr)
+    if c.batch_rampup_tokens > total and t.sched.start < c.global_batch_size:
+        print(f"warning: the batch ramp-up ({c.batch_rampup_tokens:,.0f} tokens) is longer than the whole run ({total:,} tokens), so the "
+              f"global batch never reaches --global-batch-size {c.global_batch_size}; set --batch-rampup-tokens 0 (off) or to a part of the run",
+              file=sys.stderr)
 
 
 def build_trainer(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConfig, DistEnv], TrainTask] | None) -> Trainer:
@@ -149,7 +179,15 @@ def build_trainer(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConf
     strategy = resolve_strategy(cfg.strategy, env)
     precision = _precision(cfg, env.device)
     task = (make_task or pretraining_task)(cfg, env)
-    model, mconfig = _build_model(cfg, env, task, resume_from, precision)
+    saved = None
+    if resume_from is not None:
+        saved, rng = ckpt.load_trainer_state(resume_from, env)
+        changed = cfg.resume_differences(saved.get("config", {}))
+        if changed:
+            raise FalconError(f"--resume from {resume_from} with other settings than the run's ({'; '.join(changed)}); "
+                              f"rerun with the checkpoint's settings (they are in {out / 'run_config.yaml'}) or start a new --out; "
+                              f"only {', '.join(TrainConfig.RESUME_OVERRIDABLE[:8])}, ... may change on resume")
+    model, mconfig = _build_model(cfg, env, task, resume_from, precision, strategy)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     # Fused head + loss: the trained module returns hidden states and the loss applies the LM head in
@@ -164,8 +202,9 @@ def build_trainer(cfg: TrainConfig, env: DistEnv, make_task: Callable[[TrainConf
     optimizer = build_optimizer(model, cfg)  # the same parameter objects, named as in the HF model
     t = Trainer(cfg, env, task, mconfig, model, wrapped, train_forward, head_weight, optimizer, Schedule(cfg, env.world),
                 strategy, precision, out, ckpt_dir, resume_from, last_checkpoint=resume_from)
-    if resume_from is not None:
-        trainer, rng = ckpt.load_trainer_state(resume_from, env)
+    warn_short_run(t)
+    if saved is not None:
+        trainer = saved
         ckpt.load_optimizer_state(model, optimizer, trainer["optimizer"])
         t.step, t.tokens, t.samples = trainer["step"], trainer["tokens"], trainer["samples"]
         if rng is not None:

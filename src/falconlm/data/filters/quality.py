@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from falconlm.data.document import Document
@@ -29,6 +29,13 @@ class QualityConfig:
     min_alpha_words_ratio: float | None = 0.8  # share of words with a letter below this: dropped
     min_stop_words: int | None = 2  # fewer distinct stop words present: dropped
     stop_words: tuple[str, ...] = STOP_WORDS  # the stop words counted (Gopher's eight)
+    # Languages the stop words are of: Gopher's list is English, so a document the language step
+    # labelled otherwise skips the stop-word rule instead of being dropped for not writing English.
+    stop_words_languages: tuple[str, ...] = ("en",)
+
+    def stop_word_rule_skipped(self, languages: tuple[str, ...] | list[str]) -> list[str]:
+        """Which of `languages` the stop-word rule does not apply to (no list for them)."""
+        return [lang for lang in languages if self.min_stop_words and lang not in self.stop_words_languages]
 
 
 @lru_cache(maxsize=65536)
@@ -100,8 +107,11 @@ class QualityFilter(PipelineStep):
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         self.config = config or QualityConfig()
+        self._without_stop_words = replace(self.config, min_stop_words=None)
 
     def process(self, doc: Document) -> Document | str:
-        """Keep or return the first broken rule."""
-        reason = quality_reason(doc.text, words_of(doc.text), self.config)
+        """Keep or return the first broken rule (the stop-word rule only for the languages its list is of)."""
+        lang = doc.metadata.get("language")
+        config = self.config if lang is None or lang in self.config.stop_words_languages else self._without_stop_words
+        reason = quality_reason(doc.text, words_of(doc.text), config)
         return doc if reason is None else reason
