@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every subcommand whose flags come from falconlm.configure. A command joins the help test by being listed here.
 CONVERTED = ["pretrain", "finetune", "tokenize", "train-tokenizer", "evaluate", "init-model", "inspect", "quickstart", "generate", "chat", "serve", "merge-lora", "parity",
-             "refine", "dedup"]
+             "refine", "dedup", "quantize"]
 # The few arguments a command keeps beside its configs' flags: shortcuts onto those flags, no field of their own.
 EXTRA = {"refine": ["--no-dedup", "--set"], "dedup": ["--minhash", "--tokenizer"]}
 

@@ -89,8 +89,8 @@ class HeadScreen:
 
 def screen_for(model: torch.nn.Module) -> HeadScreen | None:
     """The model's cached screen, rebuilt if the head weight changed; None where it does not apply."""
-    weight = model.lm_head.weight
-    if not HeadScreen.supports(weight):
+    weight = getattr(model.lm_head, "weight", None)  # a quantized head has none, and needs no screen
+    if weight is None or not HeadScreen.supports(weight):
         return None
     screen = getattr(model, "_head_screen", None)
     if screen is None or screen.key != (weight.data_ptr(), weight._version) or screen.weight is not weight:

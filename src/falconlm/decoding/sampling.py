@@ -13,7 +13,6 @@ import torch
 
 from falconlm.decoding.head_screen import HeadScreen, screen_for
 from falconlm.decoding.settings import GenerationConfig
-from falconlm.model.linear import linear
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -70,7 +69,7 @@ class TokenPicker:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full fp32 logits (B, vocab) of final hidden states (B, hidden)."""
-        return linear(hidden, self.model.lm_head.weight).float()
+        return self.model.lm_head(hidden).float()
 
     def screens(self, cfg: GenerationConfig) -> bool:
         """Whether rows under `cfg` are picked through the head screen (plain greedy, the screen on and usable)."""
@@ -83,6 +82,12 @@ class TokenPicker:
             if exact is not None:
                 return exact
         return next_tokens(self.logits(hidden), seen, cfg, generators)
+
+
+def picker_for(model: torch.nn.Module) -> TokenPicker:
+    """The model's token picker: a TokenPicker, or the one a tensor-parallel model brings (falconlm.parallel), whose picks reduce across ranks."""
+    make = getattr(model, "make_picker", None)
+    return TokenPicker(model) if make is None else make()
 
 
 def row_generator(cfg: GenerationConfig, row: int, device: torch.device | str) -> torch.Generator | None:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -59,51 +59,103 @@ def parse_size(size: int | str) -> int:
 
 
 def save_pretrained(model: "FalconForCausalLM", directory: str | os.PathLike, max_shard_size: int | str = "5GB", tokenizer_dir: str | os.PathLike | None = None) -> None:
-    """Write the model as an HF Falcon directory; every file lands atomically, the index last."""
+    """Write the model as an HF Falcon directory (quantized layers in the GPTQ layout); every file lands atomically, the index last."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop(TIED_KEY, None)  # tied: stored once, as the embedding
-    config = dataclasses.replace(model.config, torch_dtype=str(model.dtype).removeprefix("torch."))
-    shards = _plan_shards(state, parse_size(max_shard_size))
-    names = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, keys in zip(names, shards):
-        atomic_write(out / name, lambda tmp, keys=keys: save_file({k: state[k] for k in keys}, str(tmp), metadata={"format": "pt"}))
-    # Remove what an earlier save with another layout left behind, so loaders never mix the two.
-    for stale in list(out.glob("model*.safetensors")) + [out / INDEX_FILE]:
-        if stale.name not in names and stale.exists():
-            stale.unlink()
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-            "weight_map": {k: name for name, keys in zip(names, shards) for k in keys},
-        }
-        atomic_write_text(out / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    spec = getattr(model, "quant_spec", None)
+    if spec is not None:
+        from falconlm.quant.save import disk_state
+
+        state = disk_state(model, spec)
+    else:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop(TIED_KEY, None)  # tied: stored once, as the embedding
+    config = dataclasses.replace(model.config, torch_dtype=str(model.dtype).removeprefix("torch."), quantization_config=None if spec is None else spec.to_config())
+    with ShardWriter(out, parse_size(max_shard_size)) as writer:
+        for key, tensor in state.items():
+            writer.add(key, tensor)
+    write_config_files(out, config)
+    source = tokenizer_dir or model.source_dir
+    copy_tokenizer_files(source, out)
+
+
+def write_config_files(out: Path, config: FalconConfig) -> None:
+    """config.json and generation_config.json of a checkpoint directory."""
     config.save(out)
     gen = {"_from_model_config": True, "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     if config.pad_token_id is not None:
         gen["pad_token_id"] = config.pad_token_id
     atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-    source = tokenizer_dir or model.source_dir
+
+
+def copy_tokenizer_files(source: str | os.PathLike | None, out: Path) -> None:
+    """Copy the tokenizer files a checkpoint directory carries, when `source` has them."""
     if source is not None and Path(source).resolve() != out.resolve():
         for name in TOKENIZER_FILES:
             if (Path(source) / name).is_file():
                 atomic_write(out / name, lambda tmp, name=name: shutil.copyfile(Path(source) / name, tmp))
 
 
-def _plan_shards(state: dict[str, torch.Tensor], limit: int) -> list[list[str]]:
-    """Greedy shards in key order, each at most `limit` bytes (a bigger single tensor gets its own)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for key, tensor in state.items():
+class ShardWriter:
+    """Streams tensors into safetensors shards of at most `limit` bytes (a bigger single tensor gets its own).
+
+    Shards are written under temporary names as they fill, so a model never has to be held whole;
+    on close they get their final names (model.safetensors, or model-0000i-of-0000n with an index
+    written last) and files an earlier save with another layout left behind are removed.
+    """
+
+    def __init__(self, out: Path, limit: int):
+        self.out, self.limit = Path(out), limit
+        self.pending: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.parts: list[tuple[Path, list[str]]] = []
+        self.total = 0
+        self.names: list[str] | None = None  # set once closed
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        """Queue one tensor; the current shard is written once it would pass the limit."""
         n = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + n > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(key)
-        size += n
-    return shards
+        if self.pending and self.size + n > self.limit:
+            self._flush()
+        self.pending[key] = tensor.detach().contiguous()
+        self.size += n
+        self.total += n
+
+    def _flush(self) -> None:
+        part = self.out / f".part-{len(self.parts):05d}.safetensors"
+        tensors = self.pending
+        atomic_write(part, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        self.parts.append((part, list(tensors)))
+        self.pending, self.size = {}, 0
+
+    def close(self) -> list[str]:
+        """Name the shards, write the index (several shards) and remove stale files; returns the shard names."""
+        if self.names is not None:
+            return self.names
+        if self.pending or not self.parts:
+            self._flush()
+        names = [SINGLE_FILE] if len(self.parts) == 1 else [f"model-{i + 1:05d}-of-{len(self.parts):05d}.safetensors" for i in range(len(self.parts))]
+        for (part, _), name in zip(self.parts, names):
+            os.replace(part, self.out / name)
+        for stale in list(self.out.glob("model*.safetensors")) + [self.out / INDEX_FILE]:
+            if stale.name not in names and stale.exists():
+                stale.unlink()
+        if len(self.parts) > 1:
+            index = {"metadata": {"total_size": self.total}, "weight_map": {k: name for (_, keys), name in zip(self.parts, names) for k in keys}}
+            atomic_write_text(self.out / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self.names = names
+        return names
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            for part, _ in self.parts:
+                part.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- load
@@ -131,20 +183,41 @@ def checkpoint_files(directory: Path) -> dict[str, str]:
     raise FalconError(f"{directory} has no model.safetensors and no {INDEX_FILE}")
 
 
-def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> "FalconForCausalLM":
-    """Build on the meta device, then assign each tensor read from disk (checked by name and shape)."""
+def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", shard: Any = None, quantize: Any = None) -> "FalconForCausalLM":
+    """Build on the meta device, then assign each tensor read from disk (checked by name and shape).
+
+    A GPTQ checkpoint (config.json has a quantization_config), or `quantize` ('int8' | 'int4' | a
+    falconlm.quant QuantSpec) on a full-precision one, puts quantized layers in place of the linear
+    ones as their tensors are read (falconlm.quant.load).
+
+    `shard` (a falconlm.parallel plan) first reshapes the meta model into one rank's part
+    (`shard.apply(model)`), then reads each tensor as `shard.read(key, safe_slice)`: only that rank's slice.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         what = "is a file, not a checkpoint directory" if directory.is_file() else "does not exist"
         raise FalconError(f"checkpoint directory {directory} {what}")
     config = FalconConfig.from_json(directory / "config.json")
     files = checkpoint_files(directory)
-    target_dtype = parse_dtype(dtype) or parse_dtype(config.torch_dtype if config.torch_dtype in DTYPES else None) or torch.float32
     with torch.device("meta"):
         model = cls(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if shard is not None:
+            shard.apply(model)
+    plan = None
+    if config.quantization_config is not None or quantize is not None:
+        from falconlm.quant.load import plan_for
+
+        if shard is not None:
+            raise FalconError("tensor-parallel loading of quantized weights is not supported yet; load the full-precision checkpoint with --tp")
+        plan = plan_for(config, quantize, model, str(directory))
+    # Quantized models compute in fp32 on CPU unless told otherwise (GPTQ files say float16, which CPUs run slowly).
+    saved_dtype = None if plan is not None and torch.device(device).type == "cpu" else config.torch_dtype
+    target_dtype = parse_dtype(dtype) or parse_dtype(saved_dtype if saved_dtype in DTYPES else None) or torch.float32
+    expected: dict[str, tuple | None] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if plan is not None:
+        expected = plan.expected(expected)
     tied = config.tie_word_embeddings
-    unknown = sorted(k for k in files if k not in expected and not k.endswith("rotary_emb.inv_freq"))
+    unknown = sorted(k for k in files if k not in expected and not k.endswith("rotary_emb.inv_freq") and not (plan and plan.optional(k)))
     if unknown:
         raise FalconError(f"{directory} has tensor {unknown[0]!r}, which a Falcon model with this config.json does not have" + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
     missing = sorted(k for k in expected if k not in files and not (tied and k == TIED_KEY))
@@ -153,13 +226,19 @@ def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype 
     loaded: dict[str, torch.Tensor] = {}
     by_file: dict[str, list[str]] = {}
     for key, name in files.items():
-        if key in expected:
+        if key in expected or (plan and plan.optional(key)):
             by_file.setdefault(name, []).append(key)
     for name, keys in sorted(by_file.items()):
         try:
             with safe_open(str(directory / name), framework="pt", device="cpu") as f:
                 for key in keys:
-                    tensor = f.get_tensor(key)
+                    route = plan.route(key) if plan is not None else "load"
+                    if route == "skip":
+                        continue
+                    tensor = f.get_tensor(key) if shard is None else shard.read(key, f.get_slice(key))
+                    if route == "plan":
+                        plan.add(key, tensor)
+                        continue
                     if tuple(tensor.shape) != expected[key]:
                         raise FalconError(f"tensor {key!r} in {directory / name} has shape {tuple(tensor.shape)}, but config.json implies {expected[key]}")
                     loaded[key] = tensor.to(device=device, dtype=target_dtype)
@@ -174,5 +253,7 @@ def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype 
     model.load_state_dict(loaded, strict=False, assign=True)
     if tied:
         model.lm_head.weight = model.transformer.word_embeddings.weight
+    if plan is not None:
+        plan.install(model, device, target_dtype)
     model.source_dir = str(directory)
     return model.eval()

@@ -49,6 +49,7 @@ class FalconConfig:
     activation: str = "gelu"
     tie_word_embeddings: bool = True
     torch_dtype: str | None = None  # dtype the weights were saved in, informational
+    quantization_config: dict[str, Any] | None = None  # GPTQ block of a quantized checkpoint (falconlm.quant.spec.QuantSpec)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -129,6 +130,8 @@ class FalconConfig:
             d.pop("torch_dtype")
         if d["rope_scaling"] is None:
             d.pop("rope_scaling")
+        if d["quantization_config"] is None:
+            d.pop("quantization_config")
         return {"architectures": ["FalconForCausalLM"], "model_type": "falcon", **d}
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -83,10 +83,11 @@ def _device_slopes(num_heads: int, device: torch.device) -> torch.Tensor:
     return _SLOPES[key]
 
 
-def alibi_bias(config: FalconConfig, key_positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def alibi_bias(config: FalconConfig, key_positions: torch.Tensor, dtype: torch.dtype, heads: slice = slice(None)) -> torch.Tensor:
     """(B, H, 1, S) bias already divided by sqrt(head_dim): Falcon adds ALiBi before the 1/sqrt(d) scale,
-    with slopes rounded to bfloat16, as the released checkpoints were trained."""
-    slopes = _device_slopes(config.num_attention_heads, key_positions.device)
+    with slopes rounded to bfloat16, as the released checkpoints were trained. `heads` picks the global
+    query heads (a tensor-parallel rank computes only its own)."""
+    slopes = _device_slopes(config.num_attention_heads, key_positions.device)[heads]
     bias = slopes[None, :, None] * key_positions[:, None, :]
     return (bias.to(dtype) / math.sqrt(config.head_dim))[:, :, None, :]
 
@@ -169,6 +170,8 @@ class FalconDecoderLayer(nn.Module):
                 self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=eps)
         self.self_attention = FalconAttention(config, layer_idx)
         self.mlp = FalconMLP(config)
+        # Tensor parallelism (falconlm.parallel) sets this to the all-reduce of the ranks' partial sums.
+        self.reduce_outputs: Any = None
 
     def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
         if self.style == "sequential":
@@ -179,7 +182,8 @@ class FalconDecoderLayer(nn.Module):
         else:
             h = self.input_layernorm(x)
             attn, mlp = self.self_attention(h, ctx), self.mlp(h)
-        return x + (mlp + attn)
+        out = mlp + attn
+        return x + (out if self.reduce_outputs is None else self.reduce_outputs(out))
 
 
 class FalconModel(nn.Module):
@@ -212,8 +216,9 @@ class FalconForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = FalconModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = FalconLinear(config.hidden_size, config.vocab_size, bias=False)
         self.source_dir: str | None = None  # where from_pretrained read us (tokenizer files are copied on save)
+        self.alibi_heads = slice(None)  # the global query heads whose ALiBi slopes apply (a tensor-parallel rank: its own)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.word_embeddings.weight
         if not any(p.is_meta for p in self.parameters()):
@@ -237,13 +242,13 @@ class FalconForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Dtype of the weights."""
-        return self.transformer.word_embeddings.weight.dtype
+        """Dtype of the activations (and of the weights that are not quantized)."""
+        return self.transformer.ln_f.weight.dtype
 
     @property
     def device(self) -> torch.device:
         """Device of the weights."""
-        return self.transformer.word_embeddings.weight.device
+        return self.transformer.ln_f.weight.device
 
     def num_parameters(self) -> int:
         """Parameters with tied weights counted once."""
@@ -267,7 +272,7 @@ class FalconForCausalLM(nn.Module):
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return linear(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)
 
     def hidden_states(
         self,
@@ -277,6 +282,20 @@ class FalconForCausalLM(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Final hidden states (after ln_f), (B, T, hidden)."""
+        ctx = self.forward_context(input_ids, attention_mask, position_ids, cache)
+        x = self.transformer.word_embeddings(input_ids)
+        for layer in self.transformer.h:
+            x = layer(x, ctx)
+        return self.transformer.ln_f(x)
+
+    def forward_context(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> "_ForwardContext":
+        """What every block of one forward call shares (rotary tables, mask, cache slots); reserves the cache slots."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be a (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
         b, t = input_ids.shape
@@ -309,14 +328,11 @@ class FalconForCausalLM(nn.Module):
                 # A padded query row still sees itself, so no row is fully masked (which gives NaN).
                 allowed = (allowed & (k_slot <= q_slot)) | (k_slot == q_slot)
             if self.config.alibi:
-                bias = alibi_bias(self.config, key_pos * key_valid, dtype)
+                bias = alibi_bias(self.config, key_pos * key_valid, dtype, self.alibi_heads)
                 ctx.mask = bias.masked_fill(~allowed, torch.finfo(dtype).min)
             else:
                 ctx.mask = allowed
-        x = self.transformer.word_embeddings(input_ids)
-        for layer in self.transformer.h:
-            x = layer(x, ctx)
-        return self.transformer.ln_f(x)
+        return ctx
 
     def decode_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache, slot: torch.Tensor) -> torch.Tensor:
         """The static-shape decode step: final hidden states (B, hidden) of one token per row written at cache slot `slot`.
@@ -332,7 +348,7 @@ class FalconForCausalLM(nn.Module):
             ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, self.dtype)
         allowed = cache.valid[:, None, None, :]
         if self.config.alibi:
-            bias = alibi_bias(self.config, cache.positions * cache.valid, self.dtype)
+            bias = alibi_bias(self.config, cache.positions * cache.valid, self.dtype, self.alibi_heads)
             ctx.mask = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
         else:
             ctx.mask = allowed
@@ -348,16 +364,17 @@ class FalconForCausalLM(nn.Module):
         return scaling.get("rope_type", scaling.get("type", "default")) != "dynamic"
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
-        """A preallocated cache for `max_length` tokens per row."""
-        return KVCache(self.config, batch_size, max_length, self.dtype, self.device)
+        """A preallocated cache for `max_length` tokens per row, of the KV heads this model's attention holds."""
+        kv_heads = self.transformer.h[0].self_attention.stored_kv_heads if len(self.transformer.h) else None
+        return KVCache(self.config, batch_size, max_length, self.dtype, self.device, kv_heads=kv_heads)
 
     # ----- checkpoints (HF directory layout) -----
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> "FalconForCausalLM":
-        """Load an HF Falcon directory (ours or transformers'), tensor by tensor."""
+    def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", quantize: str | None = None) -> "FalconForCausalLM":
+        """Load an HF Falcon directory (ours, transformers' or a GPTQ one), tensor by tensor; `quantize` ('int8' | 'int4') quantizes a full-precision one as it is read."""
         from falconlm.model.checkpoint import load_pretrained
 
-        return load_pretrained(cls, directory, dtype=dtype, device=device)
+        return load_pretrained(cls, directory, dtype=dtype, device=device, quantize=quantize)
 
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: int | str = "5GB", tokenizer_dir: str | os.PathLike | None = None) -> None:
         """Write config.json, safetensors (sharded past max_shard_size), generation_config.json and tokenizer files."""
