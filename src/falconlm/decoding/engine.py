@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from falconlm.decoding.detokenizer import Detokenizer, text_decoder
-from falconlm.decoding.sampling import TokenPicker, next_tokens, row_generator
+from falconlm.decoding.sampling import next_tokens, picker_for, row_generator
 from falconlm.decoding.settings import GenerationConfig
 from falconlm.decoding.step import DecodeStep
 from falconlm.errors import FalconError
@@ -158,7 +158,7 @@ class Engine:
         eos = model.config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         self.cache = model.new_cache(max_batch_size, self.max_length)
-        self.picker = TokenPicker(model)
+        self.picker = picker_for(model)
         self.step_fn = DecodeStep(model, step_mode)
         self.decode = text_decoder(tokenizer)
         self.active: list[Sequence] = []  # active[i] owns cache row i
@@ -226,8 +226,7 @@ class Engine:
                 self.active.clear()
                 with self.cond:
                     self.waiting.clear()
-                self.cache.valid.zero_()
-                self.cache.length = 0
+                self.cache.clear()
         for seq in list(self.active) + list(self.waiting):
             seq._emit(Event([], "", error="the server is shutting down"))
 
@@ -281,8 +280,7 @@ class Engine:
                 seq = self.waiting[0]
                 if not self._fits(seq):
                     if not self.active:  # an empty cache always fits a validated request
-                        self.cache.valid.zero_()
-                        self.cache.length = 0
+                        self.cache.clear()
                     else:
                         self._compact(force=True)
                         if not self._fits(seq):
@@ -298,8 +296,7 @@ class Engine:
 
     def _compact(self, force: bool = False) -> None:
         if not self.active:
-            self.cache.valid.zero_()
-            self.cache.length = 0
+            self.cache.clear()
             return
         shift = self.cache.leading_padding(len(self.active))
         # Attention reads every slot up to the pointer, so drop a large padded front even when not forced.
@@ -417,5 +414,4 @@ class Engine:
             self.cache.free_row(row)
         self.active.pop()
         if not self.active:
-            self.cache.valid.zero_()
-            self.cache.length = 0
+            self.cache.clear()

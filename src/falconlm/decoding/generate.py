@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from falconlm.decoding.detokenizer import Decode, Detokenizer, text_decoder
-from falconlm.decoding.sampling import TokenPicker, row_generator
+from falconlm.decoding.sampling import picker_for, row_generator
 from falconlm.decoding.settings import GenerationConfig, resolve
 from falconlm.decoding.step import DecodeStep, decode_session
 from falconlm.errors import FalconError
@@ -81,7 +81,7 @@ def stream_generate(
     input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
     generators = None if cfg.greedy else [row_generator(cfg, row, device) for row in range(b)]
-    picker = TokenPicker(model)
+    picker = picker_for(model)
     eos = torch.tensor(cfg.eos_ids, device=device, dtype=torch.long)
     tokens = torch.empty(b, t + cfg.max_new_tokens, dtype=torch.long, device=device)
     tokens[:, :t] = input_ids

@@ -31,6 +31,7 @@ class GenerateCommand:
     prompt: list[str] = field(default_factory=list)  # prompt text; several make a batch
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
     stream: bool = False  # print the text as it is generated (one prompt)
+    tp: int = 1  # tensor-parallel ranks; N > 1 runs under torchrun --nproc-per-node N, rank 0 prints
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -42,10 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, generate, print the text and a tokens/s line."""
-    from falconlm.decoding.generate import TextStream
     from falconlm.errors import FalconError
-    from falconlm.model.falcon import FalconForCausalLM
-    from falconlm.tokenizer.falcon import FalconTokenizer
+    from falconlm.parallel import open_model
 
     cmd = config_from_args(GenerateCommand, args)
     if not cmd.prompt:
@@ -53,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
     if cmd.stream and len(cmd.prompt) > 1:
         raise FalconError("--stream prints one prompt at a time; pass a single --prompt")
     cmd.generation.validate()
-    model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype)
+    with open_model(cmd.checkpoint, dtype=cmd.dtype, tp=cmd.tp) as model:
+        return 0 if model is None else _generate(cmd, model)  # None: a follower rank, which ran rank 0's steps
+
+
+def _generate(cmd: GenerateCommand, model) -> int:
+    """Generate from the loaded model; print the text and a tokens/s line."""
+    from falconlm.decoding.generate import TextStream
+    from falconlm.tokenizer.falcon import FalconTokenizer
+
     tokenizer = FalconTokenizer.load(cmd.checkpoint)
     stream = TextStream(model, tokenizer, [tokenizer.encode(p) for p in cmd.prompt], cmd.generation)
     if cmd.stream:  # the same text as without --stream: the prompt, then its continuation as it comes

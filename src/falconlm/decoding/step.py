@@ -8,7 +8,8 @@ Three ways to run the same step, chosen by `mode`:
 - "graph": the static step captured once per batch size in a CUDA graph and replayed, so a decode
   step costs one launch instead of a few hundred (batch-1 decode on a GPU is launch-bound).
 "auto" is "graph" on CUDA and "eager" elsewhere. A mode whose preconditions fail falls back to
-"eager" (CUDA graphs need a CUDA device; the static step needs a RoPE that is not dynamic NTK).
+"eager" (CUDA graphs need a CUDA device; the static step needs a RoPE that is not dynamic NTK),
+except that a tensor-parallel model's "graph" runs "static" (its rank 0 announces each step to the others).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def choose_mode(model: Any, mode: str = "auto") -> str:
         mode = "graph" if cuda else "eager"
     if mode == "graph" and not cuda:
         mode = "eager"
+    if mode == "graph" and getattr(model, "tp", None) is not None:
+        mode = "static"  # a tensor-parallel rank 0 announces every step to the other ranks; a replayed graph would not
+
     if mode in ("static", "graph") and not model.has_static_decode:
         mode = "eager"
     return mode

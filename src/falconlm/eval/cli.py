@@ -27,6 +27,7 @@ class EvalConfig:
     max_length: int | None = None  # context per window (None = the model's)
     stride: int | None = None  # sliding-window stride for long documents (None = half the context)
     dtype: str | None = None  # float32 | bfloat16 | float16 (None = as saved)
+    tp: int = 1  # tensor-parallel ranks; N > 1 runs under torchrun --nproc-per-node N, rank 0 evaluates
     out: str | None = None  # results JSON, with this config under "config" (None = CHECKPOINT/eval_results.json)
 
     def __post_init__(self) -> None:
@@ -55,13 +56,7 @@ def config(args: argparse.Namespace) -> EvalConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print a table; results (and the resolved config) go to JSON."""
-    import dataclasses
-    from itertools import islice
-
-    from falconlm.atomic import atomic_write_text
     from falconlm.errors import FalconError
-    from falconlm.model.falcon import FalconForCausalLM
-    from falconlm.tokenizer.falcon import FalconTokenizer
 
     from falconlm.model.config import FalconConfig
 
@@ -72,7 +67,21 @@ def run(args: argparse.Namespace) -> int:
     if context is not None and cfg.max_length is not None and cfg.max_length > context:
         raise FalconError(f"--max-length {cfg.max_length:,} exceeds the model's context of {context:,} tokens (max_position_embeddings); "
                           "scores past it would not measure the model")
-    model = FalconForCausalLM.from_pretrained(cfg.checkpoint, dtype=cfg.dtype)
+    from falconlm.parallel import open_model
+
+    with open_model(cfg.checkpoint, dtype=cfg.dtype, tp=cfg.tp) as model:
+        return 0 if model is None else _evaluate(cfg, model)  # None: a follower rank, which ran rank 0's forwards
+
+
+def _evaluate(cfg: EvalConfig, model) -> int:
+    """Score the loaded model on cfg's data and tasks; print, and write the results JSON."""
+    import dataclasses
+    from itertools import islice
+
+    from falconlm.atomic import atomic_write_text
+    from falconlm.errors import FalconError
+    from falconlm.tokenizer.falcon import FalconTokenizer
+
     tokenizer = FalconTokenizer.load(cfg.checkpoint)
     results: dict = {"checkpoint": str(cfg.checkpoint), "config": dataclasses.asdict(cfg)}
     if cfg.data:

@@ -15,8 +15,9 @@ from falconlm.model.config import FalconConfig
 class KVCache:
     """Keys and values for every layer, plus each slot's position id and validity (for padding)."""
 
-    def __init__(self, config: FalconConfig, batch_size: int, max_length: int, dtype: torch.dtype, device: torch.device | str = "cpu"):
-        shape = (config.num_hidden_layers, batch_size, config.stored_kv_heads, max_length, config.head_dim)
+    def __init__(self, config: FalconConfig, batch_size: int, max_length: int, dtype: torch.dtype, device: torch.device | str = "cpu", kv_heads: int | None = None):
+        # kv_heads: fewer than the config's on a tensor-parallel rank, which holds only its KV groups.
+        shape = (config.num_hidden_layers, batch_size, config.stored_kv_heads if kv_heads is None else kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.positions = torch.zeros(batch_size, max_length, dtype=torch.long, device=device)
@@ -87,6 +88,11 @@ class KVCache:
         self.valid[row, :start] = False
         self.valid[row, start : self.length] = source.valid[source_row, :p]
         self.valid[row, self.length :] = False
+
+    def clear(self) -> None:
+        """Empty the cache: every slot padding, the fill pointer back at 0."""
+        self.valid.zero_()
+        self.length = 0
 
     def free_row(self, row: int) -> None:
         """Mark every slot of a row as padding."""

@@ -28,6 +28,7 @@ class ServeCommand:
     threads: int | None = None  # torch intra-op threads; None: torch's choice
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # server log verbosity
     step_mode: Literal["auto", "eager", "static", "graph"] = "auto"  # how decode steps run: auto is CUDA graphs on a GPU, eager on CPU
+    tp: int = 1  # tensor-parallel ranks; N > 1 runs under torchrun --nproc-per-node N: rank 0 serves HTTP and drives the others
     force: bool = False  # load even when the memory estimate exceeds what the machine has left
 
 
@@ -46,28 +47,46 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1 or args.max_queue < 1:
         raise FalconError(f"--max-batch-size and --max-queue must be >= 1, got {args.max_batch_size} and {args.max_queue}")
     import logging
-    from pathlib import Path
 
     import torch
+
+    from falconlm.memory import check_fits, inference_bytes
+    from falconlm.model.config import FalconConfig
+    from falconlm.parallel import open_model
+
+    mconfig = FalconConfig.from_json(args.checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None), args.tp), f"serving {args.checkpoint}", device, args.force,
+               hint="serve a smaller checkpoint or a lower --dtype")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with open_model(args.checkpoint, dtype=args.dtype, tp=args.tp, on_failure=_shut_down) as model:
+        return 0 if model is None else _serve(args, model)  # None: a follower rank, which ran rank 0's steps
+
+
+def _shut_down() -> None:
+    """Another tensor-parallel rank is gone: stop serving the way Ctrl-C does (uvicorn shuts down on SIGTERM)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(args: ServeCommand, model) -> int:
+    """Start the engine thread over the loaded model and answer HTTP until interrupted."""
+    import logging
+    from pathlib import Path
+
     import uvicorn
 
     from falconlm.decoding.engine import Engine
-    from falconlm.model.falcon import FalconForCausalLM
+    from falconlm.errors import FalconError
     from falconlm.serve.app import create_app, served_name
     from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.tokenizer.falcon import FalconTokenizer
 
-    from falconlm.memory import check_fits, inference_bytes
-    from falconlm.model.config import FalconConfig
-
-    mconfig = FalconConfig.from_json(args.checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None)), f"serving {args.checkpoint}", device, args.force,
-               hint="serve a smaller checkpoint or a lower --dtype")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model = FalconForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
     tokenizer = FalconTokenizer.load(args.checkpoint)
     limit = model.config.max_position_embeddings
     if args.max_length is not None and not 0 < args.max_length <= limit:
@@ -75,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length, step_mode=args.step_mode)
     name = args.served_model_name or served_name(args.checkpoint)
     app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(Path(args.checkpoint).resolve())})
-    logging.getLogger("falconlm.serve").info("serving %s (%s) on http://%s:%d/v1, batch %d, queue %d", name, model.config.block_style, args.host, args.port, args.max_batch_size, args.max_queue)
+    logging.getLogger("falconlm.serve").info("serving %s (%s, tensor parallel %d) on http://%s:%d/v1, batch %d, queue %d", name, model.config.block_style, args.tp, args.host, args.port, args.max_batch_size, args.max_queue)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     finally:

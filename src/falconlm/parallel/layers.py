@@ -1,0 +1,97 @@
+"""The modules and collectives a tensor-parallel rank runs in place of the whole model's: plain torch.distributed calls.
+
+Each is swapped in by ShardPlan.apply under the attribute name it replaces, so the state dict keys
+stay Hugging Face's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from falconlm.model.falcon import FalconLinear
+from falconlm.model.linear import linear
+
+
+def all_reduce(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Sum over the ranks, in place."""
+    dist.all_reduce(t, group=group)
+    return t
+
+
+class RowParallelLinear(FalconLinear):
+    """The input-column slice of a linear layer: its output is this rank's partial sum.
+
+    With `reduce` (the sequential RW block) it all-reduces and adds the bias itself; otherwise the
+    layer's BlockReduce adds attention's and the MLP's partials, all-reduces once and adds the biases.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, reduce: bool, group: Any = None):
+        super().__init__(in_features, out_features, bias=bias)
+        self.reduce, self.group = reduce, group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = linear(x, self.weight)
+        if not self.reduce:
+            return y
+        y = all_reduce(y, self.group)
+        return y if self.bias is None else y + self.bias
+
+
+class BlockReduce:
+    """A parallel block's one all-reduce: the sum of attention's and the MLP's partials, then their biases (FalconDecoderLayer.reduce_outputs)."""
+
+    def __init__(self, layer: nn.Module, group: Any = None):
+        self.layer, self.group = layer, group
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        out = all_reduce(out, self.group)
+        dense, ffn_out = self.layer.self_attention.dense, self.layer.mlp.dense_4h_to_h
+        if dense.bias is not None:
+            out = out + (ffn_out.bias + dense.bias)
+        return out
+
+
+class VocabParallelEmbedding(nn.Embedding):
+    """Rows [start, start + n) of the embedding: ids outside them look up zeros, and the all-reduce fills in every id."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, start: int, group: Any = None):
+        super().__init__(num_embeddings, embedding_dim)
+        self.start, self.group = start, group
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.num_embeddings)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return all_reduce(out.masked_fill(outside[..., None], 0.0), self.group)
+
+
+def gather_vocab(local: torch.Tensor, per_rank: int, vocab_size: int, group: Any = None) -> torch.Tensor | None:
+    """The full (..., vocab) tensor on rank 0 from every rank's (..., its rows) slice (None elsewhere); slices are padded to `per_rank`."""
+    local = local.contiguous()
+    if local.shape[-1] < per_rank:
+        local = F.pad(local, (0, per_rank - local.shape[-1]))
+    root = dist.get_rank(group) == 0
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))] if root else None
+    dist.gather(local, parts, dst=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return torch.cat(parts, dim=-1)[..., :vocab_size] if root else None
+
+
+def gather_argmax(values: torch.Tensor, ids: torch.Tensor, group: Any = None) -> torch.Tensor | None:
+    """The global argmax per row on rank 0 from each rank's best (value, global id) per row (None elsewhere).
+
+    Ties go to the lowest id, as torch.argmax over the full logits would pick.
+    """
+    pair = torch.stack([values.double(), ids.double()], dim=1).contiguous()  # ids < 2^53: exact in float64
+    root = dist.get_rank(group) == 0
+    parts = [torch.empty_like(pair) for _ in range(dist.get_world_size(group))] if root else None
+    dist.gather(pair, parts, dst=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    if not root:
+        return None
+    stacked = torch.stack(parts)  # (ranks, B, 2); rank order is id order
+    best = stacked[:, :, 0].argmax(dim=0)  # the first rank holding the maximum
+    return stacked[best, torch.arange(stacked.shape[1]), 1].long()
