@@ -93,3 +93,23 @@ def test_refine_command_starts_ray_once(tmp_path, monkeypatch, capsys):
     assert {"filter", "minhash-signatures", "exact-cut", "url-filter"} <= stages and len(stages) == 11
     assert calls == {"init": 1, "shutdown": 1}
     assert not ray.is_initialized()
+
+
+def test_ray_address_means_the_ray_executor(capsys):
+    """`--ray-address` (refine and dedup) joins a cluster: it selects the Ray executor by itself."""
+    import argparse
+
+    from falconlm.cli import main
+    from falconlm.configure import config_from_args
+    from falconlm.data.cli import add_exec_arguments
+
+    parser = argparse.ArgumentParser()
+    add_exec_arguments(parser)
+    joined = config_from_args(ExecConfig, parser.parse_args(["--ray-address", "10.0.0.5:6379"]), section="exec")
+    assert (joined.executor, joined.ray_address) == ("ray", "10.0.0.5:6379")
+    assert config_from_args(ExecConfig, parser.parse_args([]), section="exec").executor == "local"
+    assert ExecConfig(ray_address="auto").executor == "ray" and ExecConfig().max_task_retries > 0
+    for command in ("refine", "dedup"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--ray-address" in capsys.readouterr().out

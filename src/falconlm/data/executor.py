@@ -64,9 +64,13 @@ class ExecConfig:
 
     workers: int = 1  # tasks at once (processes, or Ray CPUs of a local Ray instance)
     executor: Literal["local", "ray"] = "local"  # local processes, or a Ray cluster
-    ray_address: str | None = None  # an existing Ray cluster; None: start a local Ray instance
+    ray_address: str | None = None  # join a running Ray cluster: auto or HOST:PORT (implies --executor ray); None: start a local Ray instance
     progress: bool = True  # progress bars and the tables stages print; False: a quiet run
-    max_task_retries: int = 0  # Ray: retries of a task whose worker died
+    max_task_retries: int = 3  # Ray: re-runs of a task whose worker or node died (safe: a task writes atomically, its marker last)
+
+    def __post_init__(self) -> None:
+        if self.ray_address and self.executor == "local":
+            self.executor = "ray"  # an address only means something to Ray: asking for one is asking for Ray
 
 
 # ---------------------------------------------------------------------------- progress plumbing
@@ -263,13 +267,18 @@ def _run_ray(
     with ray_session(config):
         import ray
 
-        remote = ray.remote(max_retries=config.max_task_retries)(_safe_execute)
+        # On a cluster, SPREAD sends the tasks to every node (the default packs the driver's node first).
+        strategy = "SPREAD" if config.ray_address else "DEFAULT"
+        remote = ray.remote(max_retries=config.max_task_retries, scheduling_strategy=strategy)(_safe_execute)
         refs = {remote.remote(t, marker_dir): t for t in todo}
         waiting = list(refs)
         while waiting:
             ready, waiting = ray.wait(waiting, num_returns=1)
             for r in ready:
-                tid, res, err = ray.get(r)
+                try:
+                    tid, res, err = ray.get(r)
+                except ray.exceptions.RayError as exc:  # its worker or node died more often than max_task_retries
+                    tid, res, err = refs[r].id, None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 if res is not None:
                     bar.update(int(res.get("docs_read", 0)), int(getattr(refs[r], "size_bytes", 0) or 0))
                 _collect(tid, res, err, bar, results, failures)
@@ -292,7 +301,10 @@ def ray_session(config: ExecConfig) -> Iterator[None]:
         yield
         return
     if config.ray_address:
-        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise FalconError(f"cannot join the Ray cluster at {config.ray_address}: {str(exc).strip().splitlines()[0]}") from None
     else:
         ray.init(num_cpus=max(1, config.workers), include_dashboard=False, log_to_driver=False)
     try:
