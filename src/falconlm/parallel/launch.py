@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,16 +52,35 @@ def load_rank(checkpoint: str | os.PathLike, env: DistEnv, dtype: torch.dtype | 
 
 
 @contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (torchrun's word when another rank failed) unwinds rank 0 like Ctrl-C, so it still tells the followers to stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def open_model(checkpoint: str | os.PathLike, dtype: torch.dtype | str | None = None, tp: int = 1,
-               on_failure: Callable[[], None] | None = None) -> Iterator[FalconForCausalLM | None]:
+               on_failure: Callable[[], None] | None = None, quantize: str | None = None) -> Iterator[FalconForCausalLM | None]:
     """The model a command runs: the whole one (tp 1), or on rank 0 of `tp` ranks its shard, used as a whole model.
 
     The other ranks get None after following rank 0's ops until the block on rank 0 ends (the command
     then just returns). `on_failure` runs on rank 0 when another rank is found gone.
     """
     if tp == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        yield FalconForCausalLM.from_pretrained(checkpoint, dtype=dtype)
+        yield FalconForCausalLM.from_pretrained(checkpoint, dtype=dtype, quantize=quantize)
         return
+    if quantize:
+        raise FalconError("--quantize with --tp is not supported yet; quantize on one process, or shard the full-precision checkpoint")
     check_launch(tp)
     check_degree(FalconConfig.from_json(Path(checkpoint) / "config.json"), tp)  # before any rank waits for the others
     env = init_distributed("auto")
@@ -68,7 +89,8 @@ def open_model(checkpoint: str | os.PathLike, dtype: torch.dtype | str | None = 
         if env.rank == 0:
             driver = rank.drive(on_failure)
             try:
-                yield rank.model
+                with _sigterm_exits():
+                    yield rank.model
             finally:
                 driver.close()
         else:

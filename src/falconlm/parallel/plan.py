@@ -125,7 +125,7 @@ class ShardPlan:
         model.alibi_heads = self.heads
         vocab = self.vocab
         model.transformer.word_embeddings = VocabParallelEmbedding(vocab.stop - vocab.start, c.hidden_size, vocab.start)
-        model.lm_head = torch.nn.Linear(c.hidden_size, vocab.stop - vocab.start, bias=False)
+        model.lm_head = FalconLinear(c.hidden_size, vocab.stop - vocab.start, bias=False)
         if c.tie_word_embeddings:
             model.lm_head.weight = model.transformer.word_embeddings.weight
 

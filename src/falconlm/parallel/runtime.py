@@ -23,7 +23,6 @@ from falconlm.decoding.settings import GenerationConfig
 from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.kv_cache import KVCache
-from falconlm.model.linear import linear
 from falconlm.parallel.driver import PING, Driver, follow
 from falconlm.parallel.layers import gather_argmax, gather_vocab
 from falconlm.parallel.plan import ShardPlan
@@ -106,7 +105,7 @@ class Rank:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Full fp32 logits (B, vocab) of final hidden states on rank 0, None on the others."""
-        local = linear(hidden, self.model.lm_head.weight).float()
+        local = self.model.lm_head(hidden).float()
         return gather_vocab(local, self.plan.vocab_per_rank, self.plan.config.vocab_size, self.group)
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -120,7 +119,7 @@ class Rank:
         screen = screen_for(self.model)  # the exact int8 screen of this rank's rows, where it applies
         ids = screen.argmax(hidden) if screen is not None else None
         if ids is None:
-            values, ids = linear(hidden, weight).float().max(dim=-1)
+            values, ids = self.model.lm_head(hidden).float().max(dim=-1)
         else:
             values = torch.cat([F.linear(hidden[i : i + 1], weight[j : j + 1]).float()[0] for i, j in enumerate(ids.tolist())])
         return gather_argmax(values, ids + start, self.group)
