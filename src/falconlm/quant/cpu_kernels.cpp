@@ -31,6 +31,8 @@ namespace {
 
 // Rows of the output each parallel task takes: enough to amortise the task, few enough to balance.
 constexpr int64_t kGrain = 16;
+// Rows ahead whose weights are prefetched while one row is computed: DRAM latency is the limit at batch 1.
+constexpr int64_t kPrefetchRows = 8;
 
 inline float zero_term(const float* sz, const float* xsum, int64_t G) {
   float t = 0.f;
@@ -58,6 +60,7 @@ void q8_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t gr
       for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
     int64_t k = k0;
     for (; k + 64 <= k1; k += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(q + k + kPrefetchRows * K), _MM_HINT_T0);
       const __m512 w0 = load_u8x16(q + k), w1 = load_u8x16(q + k + 16), w2 = load_u8x16(q + k + 32), w3 = load_u8x16(q + k + 48);
       for (int m = 0; m < MT; ++m) {
         const float* xm = x + m * ldx + k;
@@ -90,6 +93,7 @@ void q4_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t gr
   if (group == 32) {
     // Each chunk spans two groups: the low nibbles are group 2c, the high nibbles group 2c + 1.
     for (int64_t k = 0; k < K; k += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(q + k / 2 + kPrefetchRows * K / 2), _MM_HINT_T0);
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k / 2));
       const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
       const __m512 w0 = u8x16(_mm256_castsi256_si128(lo)), w1 = u8x16(_mm256_extracti128_si256(lo, 1));
@@ -108,6 +112,7 @@ void q4_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t gr
       for (int m = 0; m < MT; ++m)
         for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
       for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(q + k / 2 + kPrefetchRows * K / 2), _MM_HINT_T0);
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k / 2));
         const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
         const __m512 w0 = u8x16(_mm256_castsi256_si128(lo)), w1 = u8x16(_mm256_extracti128_si256(lo, 1));
@@ -203,6 +208,7 @@ template <int BITS>
 at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& s, const at::Tensor& sz, int64_t group, int64_t n0, int64_t rows) {
   const int64_t K = q.size(1) * (8 / BITS), G = K / group, row_bytes = q.size(1);
   TORCH_CHECK(n0 >= 0 && rows >= 0 && n0 + rows <= q.size(0), "row range out of bounds");
+  TORCH_CHECK(group > 0 && K % group == 0 && (BITS == 8 || (K % 64 == 0 && group % 32 == 0)), "unsupported group size for this layout");
   auto w = at::empty({rows, K}, s.options());
   const uint8_t* Q = q.data_ptr<uint8_t>();
   const float* S = s.data_ptr<float>();
@@ -213,9 +219,20 @@ at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& s, const at::T
       const int64_t n = n0 + r;
       const uint8_t* qn = Q + n * row_bytes;
       float* wr = W + r * K;
-      for (int64_t g = 0; g < G; ++g) {
-        const float sg = S[n * G + g], zg = SZ[n * G + g];
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) wr[k] = sg * static_cast<float>(BITS == 8 ? qn[k] : q4_at(qn, k)) - zg;
+      if (BITS == 8) {
+        for (int64_t g = 0; g < G; ++g) {
+          const float sg = S[n * G + g], zg = SZ[n * G + g];
+          for (int64_t k = g * group; k < (g + 1) * group; ++k) wr[k] = sg * static_cast<float>(qn[k]) - zg;
+        }
+      } else {
+        // Chunk by chunk (64 weights in 32 bytes), so the inner loops are plain and vectorise.
+        for (int64_t c = 0; c < K; c += 64) {
+          const uint8_t* qc = qn + c / 2;
+          const float s0 = S[n * G + c / group], z0 = SZ[n * G + c / group];
+          const float s1 = S[n * G + (c + 32) / group], z1 = SZ[n * G + (c + 32) / group];
+          for (int64_t j = 0; j < 32; ++j) wr[c + j] = s0 * static_cast<float>(qc[j] & 0x0F) - z0;
+          for (int64_t j = 0; j < 32; ++j) wr[c + 32 + j] = s1 * static_cast<float>(qc[j] >> 4) - z1;
+        }
       }
     }
   });

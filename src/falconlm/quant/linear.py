@@ -30,12 +30,14 @@ DEQUANT_BLOCK_ROWS = 4096
 
 
 def rtn_params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (scale, zero) of weight slices w (rows, cols) by min/max (GPTQ's quantizer, sym or asym)."""
+    """Per-row (scale, zero) of weight slices w (rows, cols) by min/max, symmetric or with a zero point."""
     w = w.float()
     maxq = spec.maxq
     if spec.sym:
+        # Integers zero +- (2^(b-1) - 1): the largest weight lands on a level instead of being clipped
+        # (GPTQ's own 2 * amax / maxq clips it by up to one step).
         amax = w.abs().amax(dim=1)
-        scale = 2 * amax / maxq
+        scale = amax / ((maxq + 1) / 2 - 1)
         zero = torch.full_like(scale, (maxq + 1) / 2)
     else:
         lo, hi = w.amin(dim=1).clamp(max=0), w.amax(dim=1).clamp(min=0)

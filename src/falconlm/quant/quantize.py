@@ -245,7 +245,8 @@ def quantize_checkpoint(
             for k, v in to_gptq(layer, spec).items():
                 writer.add(f"{HEAD}.{k}", v)
             # Loaders that keep a separate embedding (transformers) then see the token vectors falconlm reads from the head.
-            embedding = layer.dequantize().to(dtype) if config.tie_word_embeddings else embedding
+            # (fp16, GPTQ's dtype for what it leaves unquantized; falconlm itself never reads this copy.)
+            embedding = layer.dequantize().half() if config.tie_word_embeddings else embedding
         elif not config.tie_word_embeddings:
             writer.add(f"{HEAD}.weight", reader.get(f"{HEAD}.weight"))
         writer.add(EMBED_KEY, embedding)

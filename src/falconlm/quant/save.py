@@ -26,15 +26,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> nn.Module:
 def disk_state(model: nn.Module, spec: QuantSpec) -> dict[str, torch.Tensor]:
     """The checkpoint tensors of a quantized model: GPTQ tensors for its QuantLinears, the rest as they are.
 
-    A tied, quantized head also writes its dequantized table as the embedding, so loaders that keep
-    a separate embedding (transformers) see the same token vectors falconlm reads from the head.
+    A tied, quantized head also writes its dequantized table (fp16) as the embedding, so loaders
+    that keep a separate embedding (transformers) see the token vectors falconlm reads from the head.
     """
     state: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear):
             state.update({f"{name}.{k}": v for k, v in to_gptq(module, spec).items()})  # its bias included
         elif isinstance(module, QuantEmbedding):
-            state[EMBED_KEY] = module.head[0].dequantize().to(model.dtype)
+            state[EMBED_KEY] = module.head[0].dequantize().half()  # for other loaders; falconlm reads the head
         else:
             state.update({f"{name}.{k}" if name else k: p.detach() for k, p in module.named_parameters(recurse=False)})
     if model.config.tie_word_embeddings:
