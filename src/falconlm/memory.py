@@ -58,10 +58,20 @@ def training_bytes(config: Any, seq_len: int, micro_batch: int, param_bytes: int
     return Estimate(parts, n)
 
 
-def inference_bytes(config: Any, dtype: str | None = "float32", shards: int = 1) -> Estimate:
-    """What holding the model for generation (or writing it) needs per process: its weights (a 1/shards slice under tensor parallelism)."""
+def inference_bytes(config: Any, dtype: str | None = "float32", shards: int = 1, quantize: str | None = None) -> Estimate:
+    """What holding the model for generation (or writing it) needs per process: its weights (a 1/shards slice under tensor parallelism).
+
+    Quantized weights (a GPTQ checkpoint, or --quantize int8/int4) take bits/8 bytes each plus
+    their group scales; the embeddings and norms stay at the compute dtype.
+    """
     n = config.num_parameters()
-    return Estimate((("weights", n * DTYPE_BYTES.get(str(dtype or "float32").replace("torch.", ""), 4) / shards),), n)
+    per = DTYPE_BYTES.get(str(dtype or "float32").replace("torch.", ""), 4)
+    block = getattr(config, "quantization_config", None) or {}
+    bits = {"int8": 8, "int4": 4}.get(quantize or "", block.get("bits"))
+    if bits:
+        embed = config.vocab_size * config.hidden_size
+        return Estimate((("weights", (embed * per + (n - embed) * (bits / 8) * 1.07) / shards),), n)
+    return Estimate((("weights", n * per / shards),), n)
 
 
 def available_bytes(device: str = "cpu") -> tuple[float, str] | None:

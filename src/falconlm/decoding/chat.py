@@ -117,6 +117,7 @@ class ChatCommand:
     checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json, optional chat template)
     system: str | None = None  # system message kept at the top of the conversation
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    quantize: str | None = None  # int8 | int4: quantize a full-precision checkpoint as it loads (round to nearest, LM head included)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     cmd = config_from_args(ChatCommand, args)
-    model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype)
+    model = FalconForCausalLM.from_pretrained(cmd.checkpoint, dtype=cmd.dtype, quantize=cmd.quantize)
     tokenizer = FalconTokenizer.load(cmd.checkpoint)
     template = load_chat_template(cmd.checkpoint)
     context = model.config.max_position_embeddings

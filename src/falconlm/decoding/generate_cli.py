@@ -30,6 +30,7 @@ class GenerateCommand:
     checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json)
     prompt: list[str] = field(default_factory=list)  # prompt text; several make a batch
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    quantize: str | None = None  # int8 | int4: quantize a full-precision checkpoint as it loads (round to nearest, LM head included)
     stream: bool = False  # print the text as it is generated (one prompt)
     tp: int = 1  # tensor-parallel ranks; N > 1 runs under torchrun --nproc-per-node N, rank 0 prints
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd.stream and len(cmd.prompt) > 1:
         raise FalconError("--stream prints one prompt at a time; pass a single --prompt")
     cmd.generation.validate()
-    with open_model(cmd.checkpoint, dtype=cmd.dtype, tp=cmd.tp) as model:
+    with open_model(cmd.checkpoint, dtype=cmd.dtype, tp=cmd.tp, quantize=cmd.quantize) as model:
         return 0 if model is None else _generate(cmd, model)  # None: a follower rank, which ran rank 0's steps
 
 

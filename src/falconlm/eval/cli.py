@@ -27,6 +27,7 @@ class EvalConfig:
     max_length: int | None = None  # context per window (None = the model's)
     stride: int | None = None  # sliding-window stride for long documents (None = half the context)
     dtype: str | None = None  # float32 | bfloat16 | float16 (None = as saved)
+    quantize: str | None = None  # int8 | int4: quantize a full-precision checkpoint as it loads (round to nearest, LM head included)
     tp: int = 1  # tensor-parallel ranks; N > 1 runs under torchrun --nproc-per-node N, rank 0 evaluates
     out: str | None = None  # results JSON, with this config under "config" (None = CHECKPOINT/eval_results.json)
 
@@ -57,7 +58,6 @@ def config(args: argparse.Namespace) -> EvalConfig:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print a table; results (and the resolved config) go to JSON."""
     from falconlm.errors import FalconError
-
     from falconlm.model.config import FalconConfig
 
     cfg = config(args)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                           "scores past it would not measure the model")
     from falconlm.parallel import open_model
 
-    with open_model(cfg.checkpoint, dtype=cfg.dtype, tp=cfg.tp) as model:
+    with open_model(cfg.checkpoint, dtype=cfg.dtype, tp=cfg.tp, quantize=cfg.quantize) as model:
         return 0 if model is None else _evaluate(cfg, model)  # None: a follower rank, which ran rank 0's forwards
 
 

@@ -27,7 +27,9 @@ class InitModelConfig:
 class InspectConfig:
     """The checkpoint or preset to describe."""
 
-    checkpoint: str  # checkpoint directory or preset name
+    checkpoint: str | None = None  # checkpoint directory or preset name (with --memory and none given: every released model)
+    memory: bool = False  # print weights and KV cache per rank by precision (bf16/int8/int4) and tensor-parallel degree
+    gpu_memory: str = "80GB"  # device memory each rank has, for the --memory column of KV tokens that fit beside the weights
 
 
 def _config_class(name: str) -> type:
@@ -52,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config(args)
     if isinstance(cfg, InspectConfig):
+        if cfg.memory:
+            return _memory(cfg)
+        if cfg.checkpoint is None:
+            from falconlm.errors import FalconError
+
+            raise FalconError("give a checkpoint directory or preset name to inspect (or --memory for the table of every released model)")
         return _inspect(cfg.checkpoint)
     import torch
 
@@ -95,6 +103,22 @@ def _inspect(target: str) -> int:
     if Path(target).is_dir():
         files = checkpoint_files(Path(target))
         print(f"  {len(files)} tensors in {len(set(files.values()))} safetensors file(s)")
+        if config.quantization_config is not None:
+            from falconlm.quant.inspect import describe
+
+            print("\n".join(describe(Path(target), config)))
+    return 0
+
+
+def _memory(cfg: InspectConfig) -> int:
+    """The memory table of one model, or of every released one."""
+    from falconlm.model.checkpoint import parse_size
+    from falconlm.model.config import FalconConfig
+    from falconlm.parallel.memory import RELEASED, memory_table
+
+    targets = [cfg.checkpoint] if cfg.checkpoint else list(RELEASED)
+    for i, target in enumerate(targets):
+        print(("\n" if i else "") + "\n".join(memory_table(target, FalconConfig.load(target), parse_size(cfg.gpu_memory))))
     return 0
 
 

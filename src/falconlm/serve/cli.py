@@ -24,6 +24,7 @@ class ServeCommand:
     max_length: int | None = None  # tokens per row (prompt + completion); None: the model's context
     api_key: str | None = None  # require 'Authorization: Bearer KEY' on every endpoint but /health
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    quantize: str | None = None  # int8 | int4: quantize a full-precision checkpoint as it loads (round to nearest, LM head included)
     served_model_name: str | None = None  # model id clients use; None: the directory name
     threads: int | None = None  # torch intra-op threads; None: torch's choice
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # server log verbosity
@@ -56,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
     mconfig = FalconConfig.from_json(args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None), args.tp), f"serving {args.checkpoint}", device, args.force,
+    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None), args.tp, quantize=args.quantize), f"serving {args.checkpoint}", device, args.force,
                hint="serve a smaller checkpoint or a lower --dtype")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with open_model(args.checkpoint, dtype=args.dtype, tp=args.tp, on_failure=_shut_down) as model:
+    with open_model(args.checkpoint, dtype=args.dtype, tp=args.tp, on_failure=_shut_down, quantize=args.quantize) as model:
         return 0 if model is None else _serve(args, model)  # None: a follower rank, which ran rank 0's steps
 
 
