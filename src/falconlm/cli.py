@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("falconlm.decoding.generate_cli", "generate text from a checkpoint directory"),
     "init-model": ("falconlm.model.cli", "write a randomly initialised Falcon checkpoint from a preset"),
     "inspect": ("falconlm.model.cli", "describe a checkpoint directory or preset"),
+    "quantize": ("falconlm.quant.cli", "write an int8/int4 GPTQ-format copy of a checkpoint (round-to-nearest or GPTQ)"),
     "evaluate": ("falconlm.eval.cli", "perplexity, bits per byte and lm-eval tasks for a checkpoint"),
     "quickstart": ("falconlm.quickstart", "raw web pages to a trained, evaluated, talking Falcon on the bundled sample"),
     "parity": ("falconlm.demo", "check every Falcon block style against transformers (save, reload, compare, generate)"),
