@@ -45,8 +45,9 @@ def _free_space_note(path: str | None) -> str:
 
 def disk_full_message(path: str | os.PathLike | None = None) -> str:
     """The sentence for a write that ran out of disk space."""
-    target = f" writing {path}" if path else ""
-    return f"the disk is full{target}{_free_space_note(str(path) if path else None)}; free some space or choose another --out, then rerun"
+    if not path:  # free space of an unknown folder would mislead
+        return "the disk is full; free some space or choose another --out, then rerun"
+    return f"the disk is full writing {path}{_free_space_note(str(path))}; free some space or choose another --out, then rerun"
 
 
 def is_disk_full(exc: BaseException) -> bool:

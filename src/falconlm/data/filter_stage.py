@@ -16,7 +16,7 @@ from falconlm.data.config import RefineConfig
 from falconlm.data.document import Document
 from falconlm.data.executor import Stage, report_progress, run_stage
 from falconlm.data.extract import Extract
-from falconlm.data.readers import ReaderOptions, ReadReport, input_format, read_documents
+from falconlm.data.readers import ALL_SUFFIXES, TEXT_SUFFIXES, ReaderOptions, ReadReport, input_format, read_documents
 from falconlm.data.stage import StageContext, StageResult
 from falconlm.data.step import PipelineStep, Step, StepStats, run_steps
 from falconlm.data.writers import ShardWriter, shard_name
@@ -30,7 +30,10 @@ def build_steps(steps: list[Step], html: bool = True) -> list[PipelineStep]:
 
 
 def _stem(index: int, path: Path, slice_index: int, num_slices: int) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", path.name)
+    """`00003-name` (plus `-s001of004` for a slice): the input's name without its format suffix, so shards read `name.<output format>`."""
+    name = path.name
+    suffix = max((s for s in ALL_SUFFIXES + TEXT_SUFFIXES if name.lower().endswith(s)), key=len, default="")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name[: len(name) - len(suffix)] or name)
     s = f"{index:05d}-{base}"
     return s if num_slices == 1 else f"{s}-s{slice_index:03d}of{num_slices:03d}"
 

@@ -20,7 +20,6 @@ a training sequence are reported with file:line and a reason, then skipped or tr
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from collections import Counter
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from falconlm.errors import FalconError
+from falconlm.errors import CorruptInputError, FalconError
 from falconlm.tokenizer.chat_template import ROLES, ChatTemplate, message_text
 
 OVERLONG_ACTIONS = ("truncate", "skip")
@@ -181,22 +180,20 @@ def segments(messages: list[dict[str, str]], template: ChatTemplate) -> list[tup
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes) of a .jsonl, .jsonl.gz or .jsonl.zst file."""
-    if path.suffix == ".gz":
-        fh = gzip.open(path, "rb")
-    elif path.suffix == ".zst":
+    """(1-based line number, raw bytes) of a .jsonl, .jsonl.gz or .jsonl.zst file; a corrupt stream is a FalconError naming the file."""
+    from falconlm.data.readers import open_with_raw
+
+    if path.suffix == ".zst":
         try:
-            import zstandard
+            import zstandard  # noqa: F401
         except ImportError:
             raise FalconError(f"{path} is zstd-compressed; install zstandard (the `data` extra) or decompress it") from None
-        fh = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    else:
-        fh = open(path, "rb")
+    fh, _ = open_with_raw(path)  # the data readers' decoders: damage is told apart from the end of the file
     with fh:
         try:
-            yield from enumerate(fh, start=1)
+            yield from enumerate(io.BufferedReader(fh) if not isinstance(fh, io.BufferedReader) else fh, start=1)
         except (OSError, EOFError) as exc:  # a damaged gzip/zstd stream
-            raise FalconError(f"cannot read {path}: {exc}") from None
+            raise CorruptInputError(f"{path} is corrupt ({exc}); replace it or leave it out of --data") from None
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from falconlm.atomic import atomic_dir, atomic_write_text, remove_stale_temps
-from falconlm.errors import FalconError
+from falconlm.errors import FalconError, disk_full_message, is_disk_full
 from falconlm.train.distributed import DistEnv, barrier, gather_to_main
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -118,22 +118,33 @@ def save_checkpoint(
     model_sd, optim_sd = full_state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
     rngs = gather_to_main(rng_state(), env)  # collective too
     if env.is_main:
-        with atomic_dir(final) as tmp:
-            for rank, state in enumerate(rngs):
-                torch.save(state, tmp / f"rng-rank{rank}.pt")
-            if write_model is None:
-                _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
-            else:
-                write_model(tmp, model_sd)
-            torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
-            if final.exists():  # the step saved again by a run resumed from an older checkpoint: the new one wins
-                shutil.rmtree(final)
+        try:
+            _write_checkpoint(final, rngs, config, model_sd, optim_sd, trainer, env, tokenizer_dir, write_model)
+        except Exception as exc:  # torch.save hides the errno of a full disk; name the checkpoint it could not write
+            if is_disk_full(exc):
+                raise FalconError(disk_full_message(final)) from None
+            raise
         atomic_write_text(root / "latest", final.name + "\n")
         steps = sorted(p for p in root.iterdir() if STEP_DIR.match(p.name))
         for old in steps[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier(env)
     return final
+
+
+def _write_checkpoint(final: Path, rngs: list, config, model_sd: dict, optim_sd: dict, trainer: dict[str, Any], env: DistEnv,
+                      tokenizer_dir: str | os.PathLike | None, write_model: Callable[[Path, dict[str, torch.Tensor]], None] | None) -> None:
+    """The checkpoint's files, in a temp folder renamed onto `final` once complete (rank 0)."""
+    with atomic_dir(final) as tmp:
+        for rank, state in enumerate(rngs):
+            torch.save(state, tmp / f"rng-rank{rank}.pt")
+        if write_model is None:
+            _shell_model(config, model_sd).save_pretrained(tmp, tokenizer_dir=tokenizer_dir)
+        else:
+            write_model(tmp, model_sd)
+        torch.save({**trainer, "optimizer": optim_sd, "world_size": env.world}, tmp / TRAINER_STATE)
+        if final.exists():  # the step saved again by a run resumed from an older checkpoint: the new one wins
+            shutil.rmtree(final)
 
 
 def load_trainer_state(ckpt: Path, env: DistEnv) -> tuple[dict[str, Any], dict[str, Any] | None]:
