@@ -133,6 +133,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="server torch threads")
     ap.add_argument("--rounds", type=int, default=None, help="alternating concurrent/sequential rounds per level (best kept); default 2, 1 with --quick")
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per level before no new request is sent")
+    ap.add_argument("--quantize", default=None, choices=["int8", "int4"], help="serve the checkpoint quantized at load (compare with a run without)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     max_tokens = args.max_tokens or (16 if args.quick else 64)
@@ -145,7 +146,7 @@ def main() -> int:
         build_checkpoint(ckpt, args.hidden, args.layers)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "falconlm", "serve", str(ckpt), "--port", str(port), "--max-batch-size", "16", "--max-queue", "256", "--served-model-name", "bench", "--threads", str(args.threads), "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "falconlm", "serve", str(ckpt), "--port", str(port), "--max-batch-size", "16", "--max-queue", "256", "--served-model-name", "bench", "--threads", str(args.threads), "--log-level", "warning", *(["--quantize", args.quantize] if args.quantize else [])]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.time() + 120
@@ -191,6 +192,7 @@ def main() -> int:
         "model": {"preset": "tiny-7b shape", "hidden_size": args.hidden, "layers": args.layers},
         "max_tokens": max_tokens,
         "server_threads": args.threads,
+        "quantize": args.quantize,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]},
         "levels": rows,
     }
