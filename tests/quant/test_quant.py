@@ -123,7 +123,8 @@ def test_a_gptq_checkpoint_gives_the_logits_of_its_dequantized_weights(tiny_ckpt
     model = FalconForCausalLM.from_pretrained(tmp_path / "gptq")
     assert isinstance(model.transformer.h[0].mlp.dense_h_to_4h, QuantLinear)
     ids = torch.randint(0, model.config.vocab_size, (2, 11))
-    want = reference(ids)
+    with torch.no_grad():
+        want = reference(ids)
     # fp32 rounding of the zero-point factoring s*(x.q) - s*z*sum(x) scales with the logits' magnitude.
     torch.testing.assert_close(model(ids), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     # Ours writes the same tensors back.
