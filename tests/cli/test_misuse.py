@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cli_helpers import ENV, Run, falconlm, no_temps
+from cli_helpers import ENV, ROOT, Run, falconlm, no_temps
 
 pytestmark = pytest.mark.slow
 TINY = ["--model", "tiny-7b", "--data", "tokd", "--seq-len", "32", "--global-batch-size", "2", "--no-progress", "--no-tensorboard"]
@@ -271,3 +271,18 @@ def test_lm_eval_tasks_outside_a_git_checkout_print_no_git_noise(work):
     r = falconlm("evaluate", "ckpt", "--tasks", "falconlm_mc", "--limit", "2", "--out", "ev6.json", cwd=work)
     assert r.rc == 0, r.err
     assert "fatal" not in r.err
+
+
+# ------------------------------------------------------------------ 9. README statements
+
+def test_readme_train_pipeline_runs(work):
+    """README "Train": train-tokenizer --vocab-size 65024 -> tokenize -> pretrain --config configs/tiny.yaml (shortened to 2 steps)."""
+    corpus = str(ROOT / "tests" / "train" / "fixtures" / "sample_corpus.jsonl")
+    steps = [["train-tokenizer", corpus, "--vocab-size", "65024", "--out", "rd-tok"],
+             ["tokenize", corpus, "--tokenizer", "rd-tok", "--out", "rd-shards", "--workers", "1", "--val-fraction", "0.005"],
+             ["pretrain", "--config", str(ROOT / "configs" / "tiny.yaml"), "--data", "rd-shards", "--out", "rd-run", "--max-steps", "2", "--no-progress",
+              "--no-tensorboard"]]
+    for args in steps:
+        r = falconlm(*args, cwd=work)
+        assert r.rc == 0, (args, r.err[-2000:])
+    assert "vocab_size 1,024 ->" in r.out and (work / "rd-run" / "checkpoints" / "step-00000002").is_dir()

@@ -135,6 +135,12 @@ def _build_model(cfg: TrainConfig, env: DistEnv, task: TrainTask, resume_from: P
     from falconlm.model.falcon import FalconForCausalLM, build_model
 
     mconfig, weights_dir = _model_config(cfg, resume_from if task.load_model is None else None)
+    fresh = weights_dir is None and task.load_model is None
+    if fresh and "vocab_size" not in cfg.model_overrides and task.vocab_size > mconfig.vocab_size:
+        # A new model from a preset embeds the data's tokenizer: the preset's vocab_size is only a default.
+        if env.is_main:
+            print(f"{task.name}: vocab_size {mconfig.vocab_size:,} -> {task.vocab_size:,}, the ids of {task.data_name}")
+        mconfig = dataclasses.replace(mconfig, vocab_size=task.vocab_size)
     check_model(cfg, env, task, mconfig, precision, strategy)
     param_dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
     if task.load_model is not None:
