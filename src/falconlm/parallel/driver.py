@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from falconlm.errors import FalconError
@@ -66,7 +67,8 @@ class Driver:
 
     def _run(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with torch.inference_mode():  # as on the followers: tensor parallelism here is inference only
+                return fn(*args, **kwargs)
         except RuntimeError as exc:
             if not is_comm_failure(exc):
                 raise

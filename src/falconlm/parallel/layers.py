@@ -72,13 +72,10 @@ class VocabParallelEmbedding(nn.Embedding):
 
 def gather_vocab(local: torch.Tensor, per_rank: int, vocab_size: int, group: Any = None) -> torch.Tensor | None:
     """The full (..., vocab) tensor on rank 0 from every rank's (..., its rows) slice (None elsewhere); slices are padded to `per_rank`."""
-    local = local.contiguous()
     if local.shape[-1] < per_rank:
         local = F.pad(local, (0, per_rank - local.shape[-1]))
-    root = dist.get_rank(group) == 0
-    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))] if root else None
-    dist.gather(local, parts, dst=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-    return torch.cat(parts, dim=-1)[..., :vocab_size] if root else None
+    parts = _gather_to_first(local, group)
+    return None if parts is None else torch.cat(parts, dim=-1)[..., :vocab_size]
 
 
 def gather_argmax(values: torch.Tensor, ids: torch.Tensor, group: Any = None) -> torch.Tensor | None:
@@ -86,12 +83,18 @@ def gather_argmax(values: torch.Tensor, ids: torch.Tensor, group: Any = None) ->
 
     Ties go to the lowest id, as torch.argmax over the full logits would pick.
     """
-    pair = torch.stack([values.double(), ids.double()], dim=1).contiguous()  # ids < 2^53: exact in float64
-    root = dist.get_rank(group) == 0
-    parts = [torch.empty_like(pair) for _ in range(dist.get_world_size(group))] if root else None
-    dist.gather(pair, parts, dst=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-    if not root:
+    parts = _gather_to_first(torch.stack([values.double(), ids.double()], dim=1), group)  # ids < 2^53: exact in float64
+    if parts is None:
         return None
     stacked = torch.stack(parts)  # (ranks, B, 2); rank order is id order
     best = stacked[:, :, 0].argmax(dim=0)  # the first rank holding the maximum
     return stacked[best, torch.arange(stacked.shape[1]), 1].long()
+
+
+def _gather_to_first(t: torch.Tensor, group: Any = None) -> list[torch.Tensor] | None:
+    """Every rank's `t` (same shape) in rank order on the group's first rank; None elsewhere."""
+    t = t.contiguous()
+    first = dist.get_rank(group) == 0
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))] if first else None
+    dist.gather(t, parts, dst=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    return parts

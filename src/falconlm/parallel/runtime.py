@@ -229,6 +229,7 @@ class ParallelPicker(TokenPicker):
         return self
 
     def screens(self, cfg: GenerationConfig) -> bool:
+        """Plain greedy rows take the gathered argmax (unless the screen is turned off: then full logits, as in one process)."""
         return cfg.screen_head and not cfg.needs_full_logits
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -236,6 +237,7 @@ class ParallelPicker(TokenPicker):
         return self.rank.call("argmax", hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full fp32 logits (B, vocab), gathered from every rank's rows."""
         return self.rank.call("logits", hidden)
 
 
