@@ -33,13 +33,23 @@ import torch
 QUICK = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_kv_heads=4, vocab_size=8192)
 
 
-def rss() -> int:
-    """Resident bytes of this process: what it allocated and the pages of files it maps (one process's
-    from_pretrained maps the safetensors file and keeps its pages; a rank copies its slices out)."""
+def rss() -> dict[str, int]:
+    """Resident bytes of this process: in all (VmRSS), private (RssAnon) and file pages it maps (RssFile).
+
+    One process's from_pretrained computes straight from the mapped safetensors file (its weights are
+    file pages); a rank copies its slices out (private memory) and reading them touches file pages too.
+    """
+    out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        key = line.split(":")[0]
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+def grown(base: dict[str, int]) -> dict[str, int]:
+    """How much each rss() figure grew since `base`."""
+    return {k: v - base[k] for k, v in rss().items()}
 
 
 def timings(model, prompt_len: int, new_tokens: int, repeats: int, **gen) -> dict[str, float]:
@@ -118,7 +128,7 @@ def worker(args: argparse.Namespace) -> None:
     env = init_distributed("cuda" if args.backend == "nccl" else "cpu")
     base = rss()
     rank = load_rank(args.ckpt, env)
-    loaded = rss() - base
+    loaded = grown(base)
     result: dict = {}
     if env.rank == 0:
         driver = rank.drive()
@@ -131,8 +141,8 @@ def worker(args: argparse.Namespace) -> None:
         driver.close()
     else:
         rank.follow()
-    grown = [0] * env.world
-    dist.all_gather_object(grown, loaded)
+    memory = [None] * env.world
+    dist.all_gather_object(memory, {"after_load": loaded, "after_run": grown(base)})
     del rank
     mesh = init_device_mesh(env.device.type, (env.world,))
     model = dtensor_model(args.ckpt, mesh)
@@ -144,7 +154,7 @@ def worker(args: argparse.Namespace) -> None:
     if env.rank == 0:
         result["dtensor"] = t
         result["dtensor_equals_plan"] = {"tokens": bool(torch.equal(dt_tokens, plan_tokens)), "max_logit_diff": float((dt_logits - plan_logits).abs().max())}
-        result["rss_after_load_per_rank"] = grown
+        result["rss_per_rank"] = memory
         Path(args.result).write_text(json.dumps(result))
     close_distributed(env)
 
@@ -185,11 +195,12 @@ def main() -> None:
         build_model(config, seed=0).save_pretrained(ckpt)
         base = rss()
         one = FalconForCausalLM.from_pretrained(ckpt).eval()
-        results["rss_after_load_1_rank"] = rss() - base
+        results["rss_1_rank"] = {"after_load": grown(base)}
         # The 2-rank run has one thread per rank (OMP_NUM_THREADS=1), so the fair baseline is 1 rank on 2 threads.
         for threads in (2, 1):
             torch.set_num_threads(threads)
             results[f"1 rank, {threads} threads"] = timings(one, args.prompt, args.new, args.repeats)
+        results["rss_1_rank"]["after_run"] = grown(base)
         del one
         runs = [("gloo", "cpu")]
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -228,8 +239,10 @@ def _report(r: dict) -> None:
         print(f"\npicks (ms): argmax gather b1 {p['argmax_b1_ms']:.3f}, b16 {p['argmax_b16_ms']:.3f}; full-logits gather b1 {p['logits_b1_ms']:.3f}, b16 {p['logits_b16_ms']:.3f}; one announcement {p['announce_ms']:.3f}")
         eq = run["dtensor_equals_plan"]
         print(f"dtensor vs plan: same greedy tokens {eq['tokens']}, max logit difference {eq['max_logit_diff']:.2e}")
-        grown = run["rss_after_load_per_rank"]
-        print(f"host memory after loading (RSS growth): 1 rank {r['rss_after_load_1_rank'] / 2**20:.0f} MiB; 2 ranks {', '.join(f'{b / 2**20:.0f}' for b in grown)} MiB")
+        mib = 2**20
+        one_mem = r["rss_1_rank"]["after_run"]
+        print(f"host memory grown by loading and running (MiB, total = private + file pages): 1 rank {one_mem['VmRSS'] / mib:.0f} = {one_mem['RssAnon'] / mib:.0f} + {one_mem['RssFile'] / mib:.0f}; "
+              + "; ".join(f"rank {i} {m['after_run']['VmRSS'] / mib:.0f} = {m['after_run']['RssAnon'] / mib:.0f} + {m['after_run']['RssFile'] / mib:.0f}" for i, m in enumerate(run["rss_per_rank"])))
     if "nccl" in r:
         print(f"NCCL: {r['nccl']}")
     print("\nOn CPU the ranks share the same cores, so 2 ranks are a correctness and overhead check here, not a speed-up.")

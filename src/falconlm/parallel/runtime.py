@@ -86,7 +86,7 @@ class Rank:
         self.handlers: dict[str, Callable[..., Any]] = {
             "forward": self.forward, "hidden_states": self.hidden_states, "decode_hidden": self.decode_hidden,
             "logits": self.logits, "argmax": self.argmax,
-            "new_cache": self._new_cache, "cache": self._cache_change, "release": self.caches.pop, PING: lambda: None,
+            "new_cache": self._new_cache, "cache": self._cache_change, "release": lambda handle: self.caches.pop(handle, None), PING: lambda: None,
         }
 
     # ----- the ops (the same on every rank; the model's class methods, not rank 0's announcing ones) -----
