@@ -32,6 +32,7 @@ def texts(folder: Path) -> dict[str, str]:
     return {d.id: extract_text(d.text, cfg) or "" for p in sorted((folder / "warc").glob("*.warc.gz")) for d in read_documents(p)}
 
 
+@pytest.mark.slow
 def test_grown_corpus_is_deterministic_with_the_planted_answers(grow, tmp_path):
     truth = grow(sample_path(), tmp_path / "a", 3.5, seed=4, records_per_shard=40, progress=False)
     again = grow(sample_path(), tmp_path / "b", 3.5, seed=4, records_per_shard=40, progress=False)
