@@ -34,7 +34,7 @@ def _cpu_flags() -> str:
 
 
 def _build_dir() -> tuple[str, Path]:
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_flags().encode() + sys.version.encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes() + torch.__version__.encode() + _cpu_flags().encode() + sys.version.encode()).hexdigest()[:16]
     name = f"falconlm_quant_{key}"
     root = Path(os.environ.get("FALCONLM_CACHE", Path.home() / ".cache" / "falconlm")) / "kernels" / name
     return name, root
@@ -52,8 +52,10 @@ def available() -> bool:
         root.mkdir(parents=True, exist_ok=True)
         if not any(root.glob("*.so")):
             print("falconlm: compiling the int8/int4 CPU kernels once for this machine (about 10 s)...", file=sys.stderr, flush=True)
-        flags = ["-O3", "-march=native"] if os.uname().machine in ("x86_64", "AMD64") else ["-O3", "-mcpu=native"]
-        load(name, sources=[str(SOURCE)], extra_cflags=flags, build_directory=str(root), is_python_module=False, verbose=False)
+        # -fopenmp: at::parallel_for is an inline OpenMP region, serial without it. The extension then
+        # needs libgomp.so.1, which resolves to the copy torch already loaded: one thread pool.
+        flags = ["-O3", "-fopenmp", "-march=native" if os.uname().machine in ("x86_64", "AMD64") else "-mcpu=native"]
+        load(name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(root), is_python_module=False, verbose=False)
     except Exception as exc:  # no compiler, no ninja, a failed build: the portable path still gives the same result
         warnings.warn(f"falconlm: the int8/int4 CPU kernels could not be built ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); quantized layers use the slower dequantize-and-matmul path", stacklevel=2)
         return False
