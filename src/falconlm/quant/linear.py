@@ -70,6 +70,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("perm", perm)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self._cuda_pack: tuple | None = None
+        self._fast: bool | None = None  # whether the compiled CPU kernels take this layer (set on first use)
 
     # ----- building -----
     @classmethod
@@ -129,11 +130,13 @@ class QuantLinear(nn.Module):
 
     # ----- the product -----
     def _kernel_ok(self) -> bool:
-        if self.q.device.type != "cpu" or not kernels.available():
-            return False
-        if self.bits == 8:
-            return self.group % 16 == 0
-        return self.packed and (self.group == 32 or self.group % 64 == 0)
+        # Decided once per device (a decode step calls every layer, and this runs on the host each time).
+        if self._fast is None:
+            if self.q.device.type != "cpu" or not kernels.available():
+                self._fast = False
+            else:
+                self._fast = self.group % 16 == 0 if self.bits == 8 else self.packed and (self.group == 32 or self.group % 64 == 0)
+        return self._fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -174,7 +177,7 @@ class QuantLinear(nn.Module):
         return F.linear(x, w)
 
     def _apply(self, fn, recurse=True):
-        self._cuda_pack = None  # repacked for the new device on first use
+        self._cuda_pack, self._fast = None, None  # repacked / re-decided for the new device on first use
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
