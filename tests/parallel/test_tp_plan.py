@@ -93,3 +93,22 @@ def test_inspect_memory_prints_the_table(capsys):
     assert len(lines) == 1 + 3 * 4
     row = next(line for line in lines if line.split()[1:3] == ["bf16", "8"])
     assert "160.0 KiB" not in row and "20.0 KiB" in row and "41.6 GiB" in row
+
+
+def test_gptq_row_parallel_layers_split_only_along_whole_groups():
+    from falconlm.quant.spec import QuantSpec
+
+    def plan(tp, **spec):
+        config = FalconConfig.from_preset("tiny-rw", hidden_size=192, num_attention_heads=12, quantization_config=QuantSpec(bits=4, **spec).to_config())
+        return ShardPlan(config, 1, tp)
+
+    scales = torch.arange(6 * 192, dtype=torch.float32).view(6, 192)  # dense: 192 inputs in groups of 32
+    assert torch.equal(plan(2, group_size=32).read("transformer.h.0.self_attention.dense.scales", scales), scales[3:6])
+    g_idx = torch.arange(192, dtype=torch.int32) // 32
+    assert torch.equal(plan(2, group_size=32).read("transformer.h.0.self_attention.dense.g_idx", g_idx), g_idx[96:] - 3)
+    with pytest.raises(FalconError, match="would split transformer.h.0.self_attention.dense's groups of 32 inputs"):
+        plan(4, group_size=32).read("transformer.h.0.self_attention.dense.scales", scales)  # 48 inputs per rank
+    with pytest.raises(FalconError, match="act order"):
+        plan(2, group_size=32, desc_act=True).read("transformer.h.0.self_attention.dense.g_idx", g_idx)
+    with pytest.raises(FalconError, match="does not split a quantized LM head"):
+        plan(2, group_size=32, lm_head=True).apply(None)

@@ -20,11 +20,13 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], int]] = {
     "7b": ("tiny-7b", dict(hidden_size=256, num_attention_heads=16), 0),
     "rw": ("tiny-rw", dict(hidden_size=192, num_attention_heads=12), 1),
 }
+# GPTQ copies (falconlm quantize, round to nearest): name -> (full-precision checkpoint, bits, group size).
+QUANTIZED: dict[str, tuple[str, int, int]] = {"40b-int4": ("40b", 4, 32), "rw-int8": ("rw", 8, -1)}
 PROMPTS = ["the falcon flies over the desert", "models learn", "to predict the next token of web text while the falcon flies at dawn", "dawn"]
 
 
 def build_all(root: Path) -> dict[str, Path]:
-    """Write every CONFIGS checkpoint under root (once)."""
+    """Write every CONFIGS checkpoint and its QUANTIZED copies under root (once)."""
     from falconlm.testing import build_checkpoint
 
     out = {}
@@ -32,6 +34,13 @@ def build_all(root: Path) -> dict[str, Path]:
         path = root / name
         if not (path / "config.json").is_file():
             build_checkpoint(path, preset=preset, seed=seed, **overrides)
+        out[name] = path
+    for name, (source, bits, group) in QUANTIZED.items():
+        path = root / name
+        if not (path / "config.json").is_file():
+            from falconlm.cli import main
+
+            assert main(["quantize", str(out[source]), "--bits", str(bits), "--group-size", str(group), "--out", str(path)]) == 0
         out[name] = path
     return out
 

@@ -207,8 +207,8 @@ def load_pretrained(cls: type, directory: str | os.PathLike, dtype: torch.dtype 
     if config.quantization_config is not None or quantize is not None:
         from falconlm.quant.load import plan_for
 
-        if shard is not None:
-            raise FalconError("tensor-parallel loading of quantized weights is not supported yet; load the full-precision checkpoint with --tp")
+        if shard is not None and quantize is not None:  # a stored GPTQ checkpoint is split by the shard (along whole groups)
+            raise FalconError("quantizing while loading under --tp is not supported; write a quantized checkpoint first (falconlm quantize) and load that with --tp")
         plan = plan_for(config, quantize, model, str(directory))
     # Quantized models compute in fp32 on CPU unless told otherwise (GPTQ files say float16, which CPUs run slowly).
     saved_dtype = None if plan is not None and torch.device(device).type == "cpu" else config.torch_dtype

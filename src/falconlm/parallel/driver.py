@@ -51,7 +51,9 @@ class Driver:
 
     def record(self, op: str, *args: Any) -> None:
         """Queue an op without collectives; the followers run it before the next announced op."""
-        self._pending.append((op, self.encode(args)))
+        item = (op, self.encode(args))
+        with self._lock:  # the engine thread, the pinger and garbage-collection finalizers all record or send
+            self._pending.append(item)
 
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
         """Announce `op` (unless this thread is already inside an announced op), then run it on this rank."""

@@ -43,6 +43,7 @@ def load_rank(checkpoint: str | os.PathLike, env: DistEnv, dtype: torch.dtype | 
     config = FalconConfig.from_json(Path(checkpoint) / "config.json")
     plan = ShardPlan(config, env.rank, env.world)
     model = load_pretrained(FalconForCausalLM, checkpoint, dtype=dtype, device=env.device, shard=plan)
+    plan.finish(model)
     # Rank 0's announcements travel on a group of their own, over gloo (they are pickled Python objects) even when
     # the tensors use NCCL, so a message can never be taken for part of a collective of the model's.
     control = dist.new_group(backend="gloo")

@@ -35,11 +35,28 @@ class RowParallelLinear(FalconLinear):
         self.reduce, self.group = reduce, group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.weight)
-        if not self.reduce:
-            return y
-        y = all_reduce(y, self.group)
-        return y if self.bias is None else y + self.bias
+        return _finish_row_parallel(linear(x, self.weight), self.reduce, self.bias, self.group)
+
+
+class RowParallel(nn.Module):
+    """A row-parallel slice held by another layer (a quantized one): its bias taken out, the reduce of RowParallelLinear around it."""
+
+    def __init__(self, inner: nn.Module, reduce: bool, group: Any = None):
+        super().__init__()
+        self.inner, self.reduce, self.group = inner, reduce, group
+        self.bias = inner.bias  # added once, after the all-reduce, not by every rank
+        inner.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _finish_row_parallel(self.inner(x), self.reduce, self.bias, self.group)
+
+
+def _finish_row_parallel(y: torch.Tensor, reduce: bool, bias: torch.Tensor | None, group: Any) -> torch.Tensor:
+    """A row-parallel partial sum: left as it is (the block reduces), or all-reduced and biased."""
+    if not reduce:
+        return y
+    y = all_reduce(y, group)
+    return y if bias is None else y + bias
 
 
 class BlockReduce:

@@ -23,8 +23,9 @@ import torch
 from falconlm.errors import FalconError
 from falconlm.model.config import FalconConfig
 
-_LAYER_KEY = re.compile(r"transformer\.h\.\d+\.(self_attention\.query_key_value|self_attention\.dense|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)\.(weight|bias)")
+_LAYER_KEY = re.compile(r"transformer\.h\.\d+\.(self_attention\.query_key_value|self_attention\.dense|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)\.(weight|bias|qweight|qzeros|scales|g_idx)")
 _VOCAB_KEYS = ("transformer.word_embeddings.weight", "lm_head.weight")
+GPTQ_TENSORS = ("qweight", "qzeros", "scales", "g_idx")
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,8 @@ class ShardPlan:
         from falconlm.model.falcon import FalconLinear
 
         c = self.config
+        if self.quant is not None and self.quant.lm_head:
+            raise FalconError("--tp does not split a quantized LM head yet; quantize the checkpoint without --lm-head to load it with --tp")
         qkv_out = sum(s.stop - s.start for s in self.qkv_rows())
         local_heads = self.heads.stop - self.heads.start
         ffn = self.ffn.stop - self.ffn.start
@@ -133,6 +136,19 @@ class ShardPlan:
         """This rank's part of checkpoint tensor `key`, read from a safetensors slice (or indexed from a tensor), in storage of its own."""
         return _own(self._part(key, tensor))
 
+    def _outputs(self, module: str) -> list[slice] | None:
+        """Output rows this rank holds of a column-parallel layer (None: not column-parallel)."""
+        if module.endswith("query_key_value"):
+            return self.qkv_rows()
+        return [self.ffn] if module.endswith("dense_h_to_4h") else None
+
+    def _inputs(self, module: str) -> slice:
+        """Input columns this rank holds of a row-parallel layer."""
+        if module.endswith("dense_4h_to_h"):
+            return self.ffn
+        d = self.config.head_dim
+        return slice(self.heads.start * d, self.heads.stop * d)
+
     def _part(self, key: str, tensor: Any) -> torch.Tensor:
         if key in _VOCAB_KEYS:
             return tensor[self.vocab]
@@ -140,14 +156,58 @@ class ShardPlan:
         if m is None:  # LayerNorms: replicated
             return tensor[:]
         module, kind = m.groups()
-        if module.endswith("query_key_value"):
-            parts = [tensor[rows] for rows in self.qkv_rows()]
+        outputs = self._outputs(module)
+        if kind in GPTQ_TENSORS:
+            return self._gptq_part(key.rsplit(".", 1)[0], kind, tensor, outputs)
+        if outputs is not None:  # column-parallel weight or bias: its rows
+            parts = [tensor[rows] for rows in outputs]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
-        if module.endswith("dense_h_to_4h"):
-            return tensor[self.ffn]
         if kind == "bias":  # row-parallel bias: added once, after the all-reduce
             return tensor[:]
-        if module.endswith("dense_4h_to_h"):
-            return tensor[:, self.ffn]
-        d = self.config.head_dim
-        return tensor[:, self.heads.start * d : self.heads.stop * d]  # attention's dense
+        return tensor[:, self._inputs(module)]
+
+    # ----- GPTQ checkpoints (falconlm.quant.gptq_format): split along whole groups, never inside one -----
+    @property
+    def quant(self) -> Any:
+        """The checkpoint's QuantSpec, or None for full-precision weights."""
+        from falconlm.quant.spec import QuantSpec
+
+        block = self.config.quantization_config
+        return None if block is None else QuantSpec.from_config(block)
+
+    def _gptq_part(self, module: str, kind: str, tensor: Any, outputs: list[slice] | None) -> torch.Tensor:
+        """This rank's part of one GPTQ tensor of `module` (its full name, for messages)."""
+        spec = self.quant
+        per = 32 // spec.bits  # integers per int32
+        if outputs is not None:  # column-parallel: every input, this rank's output columns
+            if kind == "g_idx":
+                return tensor[:]
+            if kind == "qzeros" and any(s.start % per or s.stop % per for s in outputs):
+                raise FalconError(f"{module}'s {spec.bits}-bit zero points are packed {per} outputs to an int32, which --tp {self.world} would split inside one")
+            cols = [slice(s.start // per, s.stop // per) for s in outputs] if kind == "qzeros" else outputs
+            parts = [tensor[:, c] for c in cols]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        inputs = self._inputs(module)  # row-parallel: this rank's inputs, so their groups
+        width = inputs.stop - inputs.start
+        if kind == "qweight":
+            return tensor[inputs.start // per : inputs.stop // per]
+        if spec.group_size == -1:  # one group per output channel: every rank uses the whole row's scale and zero
+            return tensor[:] if kind != "g_idx" else tensor[inputs]
+        group = spec.group_size
+        if spec.desc_act:
+            raise FalconError(f"this GPTQ checkpoint was quantized with act order (desc_act): its groups are scattered over {module}'s inputs, so --tp cannot split them; use a checkpoint without act order")
+        if inputs.start % group or width % group:
+            raise FalconError(f"--tp {self.world} would split {module}'s groups of {group} inputs ({width} inputs per rank); use a TP degree or group size that keeps whole groups on each rank")
+        rows = slice(inputs.start // group, inputs.stop // group)
+        return tensor[inputs] - rows.start if kind == "g_idx" else tensor[rows]
+
+    def finish(self, model: Any) -> None:
+        """After loading: a row-parallel layer the quantization loader replaced gets its reduce and its bias back."""
+        from falconlm.parallel.layers import RowParallel, RowParallelLinear
+
+        sequential = self.config.block_style == "sequential"
+        for layer in model.transformer.h:
+            for parent, name in ((layer.self_attention, "dense"), (layer.mlp, "dense_4h_to_h")):
+                inner = getattr(parent, name)
+                if not isinstance(inner, (RowParallelLinear, RowParallel)):
+                    setattr(parent, name, RowParallel(inner, reduce=sequential))
