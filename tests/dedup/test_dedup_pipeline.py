@@ -350,3 +350,13 @@ def test_custom_text_key_through_all_methods(small_corpus, tmp_path, read_output
     assert [s["name"] for s in stats["steps"]] == ["minhash", "exact_substring", "url_dedup"]
     assert stats["steps"][1]["docs_in"] == stats["steps"][0]["docs_out"]
     assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_dedup_of_an_empty_input_is_an_error_not_zeros(tmp_path, capsys):
+    from falconlm.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["dedup", str(empty), "--out", str(tmp_path / "out")]) == 1
+    assert "no documents could be read" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -153,8 +153,11 @@ def _require_documents(stats: list[dict[str, Any]], skipped_input: list[dict[str
     """FalconError when the first stage read no document at all (empty, unreadable or wrongly keyed inputs): zeros are no result."""
     from falconlm.data.readers import FileSkips
 
+    # The refine recipes start with "read"; dedup starts with its first dedup stage, whose input is the files.
     read = next((s for s in stats if s["name"] == "read"), None)
-    if read is None or read["docs_out"]:
+    if read is not None and read["docs_out"]:
+        return
+    if read is None and (not stats or stats[0].get("docs_in", 1)):
         return
     from falconlm.data.readers import input_format
 
