@@ -200,6 +200,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         if dropped:
             print(f"(dropped the {dropped} oldest turn(s) to fit the context window of {context} tokens)")
-        write("Assistant:")
+        write("Assistant: ")  # the reply itself carries no leading space (one rule with the server)
         _answer, interrupted = session.reply(text, write, ids)
         print(" [stopped]" if interrupted else "")
