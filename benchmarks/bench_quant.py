@@ -132,16 +132,6 @@ def quantized(work: Path, source: Path, kind: str) -> Path:
     return path
 
 
-def resident_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every parameter and buffer, shared ones once."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
-
-
 def heldout_ids(tokenizer_dir: Path, limit: int = 2048) -> torch.Tensor | None:
     """Real text (the refined sample corpus the training tests use) through the Falcon tokenizer, as one (1, limit) row."""
     corpus = ROOT.parent / "tests" / "train" / "fixtures" / "sample_corpus.jsonl"
@@ -169,12 +159,13 @@ def perplexity(model, ids: torch.Tensor | None, window: int = 512) -> float | No
     return float(torch.exp(torch.tensor(nll / n)))
 
 
-def ours(path: Path, prompt: int, tokens: int, ids: torch.Tensor | None) -> tuple[object, dict]:
+def ours(path: Path, ids: torch.Tensor | None) -> tuple[object, dict]:
     """Load one of our checkpoints and measure what does not depend on timing."""
     from falconlm.model.falcon import FalconForCausalLM
+    from falconlm.parallel import resident_weight_bytes
 
     model = FalconForCausalLM.from_pretrained(path)
-    return model, {"bytes": resident_bytes(model), "perplexity": perplexity(model, ids)}
+    return model, {"bytes": resident_weight_bytes(model), "perplexity": perplexity(model, ids)}
 
 
 def time_ours(model, threads: int, prompt: int, tokens: int) -> dict:
@@ -280,7 +271,7 @@ def main() -> None:
     ids = heldout_ids(source)
     models, static = {}, {}
     for name, path in paths.items():
-        models[name], static[name] = ours(path, args.prompt, args.tokens, ids)
+        models[name], static[name] = ours(path, ids)
     results: dict = {"machine": platform.processor(), "load_average": os.getloadavg()[0], "formats": {}}
     for t in threads:
         ceiling = bandwidth(t)

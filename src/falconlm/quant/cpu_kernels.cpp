@@ -47,38 +47,50 @@ inline __m512 load_u8x16(const uint8_t* p) {
 
 inline __m512 u8x16(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 
+// a[m][u] += x[m][16u .. 16u + 15] * w_u for 64 consecutive weights w0..w3 and MT rows of x.
+template <int MT>
+inline void fma64(__m512 (&a)[MT][4], const float* x, int64_t ldx, __m512 w0, __m512 w1, __m512 w2, __m512 w3) {
+  for (int m = 0; m < MT; ++m) {
+    const float* xm = x + m * ldx;
+    a[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xm), w0, a[m][0]);
+    a[m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 16), w1, a[m][1]);
+    a[m][2] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 32), w2, a[m][2]);
+    a[m][3] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 48), w3, a[m][3]);
+  }
+}
+
+// tot[m] += scale * (the group's four partial sums), then the partial sums restart at zero.
+template <int MT>
+inline void fold_group(__m512 (&a)[MT][4], float scale, __m512 (&tot)[MT]) {
+  const __m512 sg = _mm512_set1_ps(scale);
+  for (int m = 0; m < MT; ++m) {
+    tot[m] = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(a[m][2], a[m][3])), sg, tot[m]);
+    for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
+  }
+}
+
 // MT rows of x against one row of q8; four independent accumulator chains hide the FMA latency.
 template <int MT>
 void q8_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t group, const float* s, const float* sz,
             const float* xsum, int64_t G, float* y, int64_t ldy) {
   __m512 tot[MT];
   for (int m = 0; m < MT; ++m) tot[m] = _mm512_setzero_ps();
+  __m512 a[MT][4];  // the current group's partial sums (fold_group resets them)
+  for (int m = 0; m < MT; ++m)
+    for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
     const int64_t k0 = g * group, k1 = k0 + group;
-    __m512 a[MT][4];
-    for (int m = 0; m < MT; ++m)
-      for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
     int64_t k = k0;
     for (; k + 64 <= k1; k += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(q + k + kPrefetchRows * K), _MM_HINT_T0);
       const __m512 w0 = load_u8x16(q + k), w1 = load_u8x16(q + k + 16), w2 = load_u8x16(q + k + 32), w3 = load_u8x16(q + k + 48);
-      for (int m = 0; m < MT; ++m) {
-        const float* xm = x + m * ldx + k;
-        a[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xm), w0, a[m][0]);
-        a[m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 16), w1, a[m][1]);
-        a[m][2] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 32), w2, a[m][2]);
-        a[m][3] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 48), w3, a[m][3]);
-      }
+      fma64<MT>(a, x + k, ldx, w0, w1, w2, w3);
     }
     for (; k < k1; k += 16) {
       const __m512 w0 = load_u8x16(q + k);
       for (int m = 0; m < MT; ++m) a[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * ldx + k), w0, a[m][0]);
     }
-    const __m512 sg = _mm512_set1_ps(s[g]);
-    for (int m = 0; m < MT; ++m) {
-      const __m512 sum = _mm512_add_ps(_mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(a[m][2], a[m][3]));
-      tot[m] = _mm512_fmadd_ps(sum, sg, tot[m]);
-    }
+    fold_group<MT>(a, s[g], tot);
   }
   for (int m = 0; m < MT; ++m) y[m * ldy] = _mm512_reduce_add_ps(tot[m]) - zero_term(sz, xsum + m * G, G);
 }
@@ -107,29 +119,19 @@ void q4_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t gr
       }
     }
   } else {
+    __m512 a[MT][4];  // the current group's partial sums (fold_group resets them)
+    for (int m = 0; m < MT; ++m)
+      for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; ++g) {
-      __m512 a[MT][4];
-      for (int m = 0; m < MT; ++m)
-        for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
       for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(q + k / 2 + kPrefetchRows * K / 2), _MM_HINT_T0);
         const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k / 2));
         const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
         const __m512 w0 = u8x16(_mm256_castsi256_si128(lo)), w1 = u8x16(_mm256_extracti128_si256(lo, 1));
         const __m512 w2 = u8x16(_mm256_castsi256_si128(hi)), w3 = u8x16(_mm256_extracti128_si256(hi, 1));
-        for (int m = 0; m < MT; ++m) {
-          const float* xm = x + m * ldx + k;
-          a[m][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xm), w0, a[m][0]);
-          a[m][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 16), w1, a[m][1]);
-          a[m][2] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 32), w2, a[m][2]);
-          a[m][3] = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 48), w3, a[m][3]);
-        }
+        fma64<MT>(a, x + k, ldx, w0, w1, w2, w3);
       }
-      const __m512 sg = _mm512_set1_ps(s[g]);
-      for (int m = 0; m < MT; ++m) {
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(a[m][2], a[m][3]));
-        tot[m] = _mm512_fmadd_ps(sum, sg, tot[m]);
-      }
+      fold_group<MT>(a, s[g], tot);
     }
   }
   for (int m = 0; m < MT; ++m) y[m * ldy] = _mm512_reduce_add_ps(tot[m]) - zero_term(sz, xsum + m * G, G);

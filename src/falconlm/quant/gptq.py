@@ -49,13 +49,11 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
     if spec.desc_act:
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
-    h_orig = h.clone()
     h += torch.eye(k) * spec.damp_percent * torch.mean(torch.diag(h))
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except torch.linalg.LinAlgError:
         raise FalconError("the calibration Hessian is not positive definite even after dampening; give more calibration text or raise damp_percent") from None
-    w_orig = w.clone()
     q = torch.zeros_like(w)
     scales = torch.zeros(n, k // group)
     zeros = torch.zeros(n, k // group)
@@ -80,9 +78,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     layer = QuantLinear.from_ints(q, scales, zeros, spec.bits, group, bias, perm)
-    d = w_orig - layer._dequantize_stored(0, n)
-    error = float(torch.einsum("nk,kl,nl->", d, h_orig, d) / n)
-    return layer, error
+    return layer, hessian_error(weight, layer, hessian)
 
 
 def hessian_error(weight: torch.Tensor, layer: QuantLinear, hessian: torch.Tensor) -> float:

@@ -71,6 +71,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self._cuda_pack: tuple | None = None
         self._fast: bool | None = None  # whether the compiled CPU kernels take this layer (set on first use)
+        self._ops: tuple = ()  # (matmul, dequantize) kernels for this bit width, looked up with _fast
 
     # ----- building -----
     @classmethod
@@ -100,33 +101,34 @@ class QuantLinear(nn.Module):
         """The stored integers, uint8 (out, in), in stored column order."""
         return kernels.unpack_nibbles(self.q) if self.packed else self.q
 
-    def dequantize(self, rows: slice | None = None) -> torch.Tensor:
+    def dequantize(self) -> torch.Tensor:
         """The fp32 weight (out, in) in the checkpoint's column order (act order undone)."""
-        w = self._dequantize_stored(0, self.out_features) if rows is None else self._dequantize_stored(rows.start, rows.stop - rows.start)
-        if self.perm is not None:
-            w = torch.empty_like(w).index_copy_(1, self.perm, w)
-        return w
-
-    def _dequantize_stored(self, n0: int, rows: int) -> torch.Tensor:
-        if self._kernel_ok():
-            return getattr(torch.ops.falconlm_quant, f"q{self.bits}_dequantize")(self.q, self.scales, self.sz, self.group, n0, rows)
-        v = self.values()[n0 : n0 + rows].float().view(rows, -1, self.group)
-        return (v * self.scales[n0 : n0 + rows, :, None] - self.sz[n0 : n0 + rows, :, None]).view(rows, self.in_features)
+        return self._unpermute(self._dequantize_stored(0, self.out_features))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Dequantized rows W[ids] (*ids.shape, in): the embedding lookup of a tied, quantized head."""
         flat = ids.reshape(-1)
-        v = (kernels.unpack_nibbles(self.q.index_select(0, flat)) if self.packed else self.q.index_select(0, flat)).float()
-        v = v.view(flat.numel(), -1, self.group)
-        w = (v * self.scales.index_select(0, flat)[..., None] - self.sz.index_select(0, flat)[..., None]).view(flat.numel(), self.in_features)
-        if self.perm is not None:
-            w = torch.empty_like(w).index_copy_(1, self.perm, w)
-        return w.view(*ids.shape, self.in_features)
+        q = self.q.index_select(0, flat)
+        values = kernels.unpack_nibbles(q) if self.packed else q
+        w = self._scale(values.float(), self.scales.index_select(0, flat), self.sz.index_select(0, flat))
+        return self._unpermute(w).view(*ids.shape, self.in_features)
 
-    def weight_bytes(self) -> int:
-        """Bytes this layer's weight occupies in memory (integers, scales, zero points, permutation, bias)."""
-        tensors = [self.q, self.scales, self.zeros, self.sz] + [t for t in (self.perm, self.bias) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def _dequantize_stored(self, n0: int, rows: int) -> torch.Tensor:
+        """fp32 weights of output rows [n0, n0 + rows) in stored column order."""
+        if self._kernel_ok():
+            return self._ops[1](self.q, self.scales, self.sz, self.group, n0, rows)
+        rows_ = slice(n0, n0 + rows)
+        return self._scale(self.values()[rows_].float(), self.scales[rows_], self.sz[rows_])
+
+    def _scale(self, values: torch.Tensor, scales: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+        """scales * q - scales * zero, group by group, for integers (rows, in) of any float dtype."""
+        n = values.shape[0]
+        v = values.view(n, -1, self.group)
+        return (v * scales[..., None].to(v.dtype) - sz[..., None].to(v.dtype)).view(n, self.in_features)
+
+    def _unpermute(self, w: torch.Tensor) -> torch.Tensor:
+        """Columns back in checkpoint order (act-order layers store them group by group)."""
+        return w if self.perm is None else torch.empty_like(w).index_copy_(1, self.perm, w)
 
     # ----- the product -----
     def _kernel_ok(self) -> bool:
@@ -136,6 +138,8 @@ class QuantLinear(nn.Module):
                 self._fast = False
             else:
                 self._fast = self.group % 16 == 0 if self.bits == 8 else self.packed and (self.group == 32 or self.group % 64 == 0)
+                ops = torch.ops.falconlm_quant
+                self._ops = (ops.q8_mm, ops.q8_dequantize) if self.bits == 8 else (ops.q4_mm, ops.q4_dequantize)
         return self._fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +157,7 @@ class QuantLinear(nn.Module):
 
     def _cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_ok() and x.shape[0] <= GEMV_MAX_ROWS:
-            return getattr(torch.ops.falconlm_quant, f"q{self.bits}_mm")(x, self.q, self.scales, self.sz, self.group)
+            return self._ops[0](x, self.q, self.scales, self.sz, self.group)
         # Many rows: compute-bound, so the fp32 GEMM on a dequantized block beats a weight-streaming kernel.
         out = x.new_empty(x.shape[0], self.out_features)
         for n0 in range(0, self.out_features, DEQUANT_BLOCK_ROWS):
@@ -172,9 +176,7 @@ class QuantLinear(nn.Module):
                 self._cuda_pack = (packed, sz)
             packed, sz = self._cuda_pack
             return torch._weight_int4pack_mm(x.to(torch.bfloat16).contiguous(), packed, self.group, sz).to(x.dtype)
-        v = self.values().to(x.dtype).view(self.out_features, -1, self.group)
-        w = (v * self.scales[..., None].to(x.dtype) - self.sz[..., None].to(x.dtype)).view(self.out_features, self.in_features)
-        return F.linear(x, w)
+        return F.linear(x, self._scale(self.values().to(x.dtype), self.scales, self.sz))
 
     def _apply(self, fn, recurse=True):
         self._cuda_pack, self._fast = None, None  # repacked / re-decided for the new device on first use

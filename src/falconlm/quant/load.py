@@ -48,6 +48,8 @@ class QuantLoadPlan:
         self.spec, self.stored = spec, stored
         self.shapes = {name: (m.in_features, m.out_features, m.bias is not None) for name, m in covered_linears(model, spec).items()}
         self.tied_head = model.config.tie_word_embeddings and HEAD in self.shapes
+        # A stored tied, quantized head replaces the embedding the file also holds (for other loaders).
+        self.embedding_from_head = self.tied_head and stored
         self.parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.shapes}
         self.layers: dict[str, QuantLinear] = {}
 
@@ -64,23 +66,20 @@ class QuantLoadPlan:
             for name in self.shapes:
                 out.pop(f"{name}.weight", None)
                 out.update({f"{name}.{s}": None for s in REQUIRED})
-        if self.tied_head and self.stored:
-            out.pop(EMBED_KEY, None)  # read from the quantized head instead
+        if self.embedding_from_head:
+            out.pop(EMBED_KEY, None)
         return out
 
     def route(self, key: str) -> str:
         """'plan' for a covered layer's tensor (kept uncast), 'skip' for one the plan makes unnecessary, else 'load'."""
-        if self.tied_head and self.stored and key == EMBED_KEY:
+        if self.embedding_from_head and key == EMBED_KEY:
             return "skip"
-        owner = self._owner(key)
-        if owner is None:
-            return "load"
-        return "plan"
+        return "load" if self._owner(key) is None else "plan"
 
     def optional(self, key: str) -> bool:
         """Keys a checkpoint may have or not: g_idx, and a stored embedding the tied quantized head replaces."""
         owner = self._owner(key)
-        return (owner is not None and owner[1] in OPTIONAL and self.stored) or (self.tied_head and self.stored and key == EMBED_KEY)
+        return (owner is not None and owner[1] in OPTIONAL and self.stored) or (self.embedding_from_head and key == EMBED_KEY)
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
         """Take one tensor of a covered layer; a float weight is rounded at once and its copy dropped."""
