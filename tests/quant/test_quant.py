@@ -293,3 +293,11 @@ def test_the_engine_serves_a_quantized_model_like_generate(tiny_ckpt):
     batched = generate(model, prompts, max_new_tokens=5, do_sample=False, eos_token_id=[])[:, 6:]
     for a, b in zip(alone, batched):
         assert torch.equal(a, b)
+
+
+def test_unusable_calibration_records_are_counted_and_refused(tiny_ckpt, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('not json\n{"text": 5}\n')
+    with pytest.raises(FalconError, match="malformed_json \\(line 1\\)"):
+        quantize_checkpoint(tiny_ckpt, tmp_path / "q", QuantSpec(bits=4, group_size=32, method="gptq"), [str(bad)], progress=False)
+    assert not (tmp_path / "q").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ def calibration_windows(paths: list[str], tokenizer_dir: Path, count: int, lengt
             texts.append(p)
     if texts:
         from falconlm.data.readers import ReadReport
-        from falconlm.tokenizer.corpus import expand_paths, iter_texts
+        from falconlm.tokenizer.corpus import expand_paths, iter_texts, text_key_hint
         from falconlm.tokenizer.falcon import FalconTokenizer
 
         tokenizer = FalconTokenizer.load(tokenizer_dir)
@@ -114,6 +115,9 @@ def calibration_windows(paths: list[str], tokenizer_dir: Path, count: int, lengt
             ids.extend(tokenizer.encode(text) + [tokenizer.eot_id])
             if len(ids) >= 4 * count * length:
                 break
+        report.require_documents(hint=text_key_hint(text_key))  # malformed or unkeyed records are counted, never silent
+        if report.summary():
+            print(report.summary(), file=sys.stderr)
         streams.append(np.asarray(ids, dtype=np.int64))
     stream = np.concatenate(streams) if streams else np.zeros(0, dtype=np.int64)
     if stream.size < length + 1:
@@ -160,7 +164,8 @@ def quantize_checkpoint(
         shell = FalconForCausalLM(config)
     spec = fit_group_size(spec, shell, explicit=True)
     per = 32 // spec.bits
-    for name, m in covered_linears(shell, spec).items():
+    covered = covered_linears(shell, spec)
+    for name, m in covered.items():
         if m.in_features % per or m.out_features % per:
             raise FalconError(f"{name} ({m.out_features} x {m.in_features}) cannot be stored in the {spec.bits}-bit GPTQ layout, whose sizes must be multiples of {per}" + ("; leave the LM head unquantized (no --lm-head)" if name == HEAD else ""))
     if spec.method == "gptq" and not calibration and windows is None:
@@ -169,7 +174,6 @@ def quantize_checkpoint(
     report = QuantizeReport(spec)
     report.bytes_in = sum((src / n).stat().st_size for n in set(reader.files.values()))
     dtype = next((reader.get(k).dtype for k in reader.files if k.endswith("ln_f.weight")), torch.float32)
-    covered = covered_linears(shell, spec)
     xs: list[torch.Tensor] = []
     if spec.method == "gptq":
         seq_len = min(seq_len, config.max_position_embeddings)
