@@ -192,6 +192,28 @@ def test_engine_static_step_gives_the_eager_tokens(tiny_40b_ckpt):
     assert _engine_tokens(model, tok, "eager") == _engine_tokens(model, tok, "static")
 
 
+def _host_syncs(monkeypatch, fn) -> list[str]:
+    """The host-synchronising tensor calls fn makes (on CUDA, the sync debug mode raises on any)."""
+    calls: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _name=name, _original=original, **k):
+            calls.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    if torch.cuda.is_available():
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        monkeypatch.undo()
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode("default")
+    return calls
+
+
 def test_static_step_makes_no_host_sync(monkeypatch):
     config = FalconConfig.from_preset("tiny-rw")  # ALiBi: the mask is built in the step too
     model, _ = make_pair(config)
@@ -201,22 +223,43 @@ def test_static_step_makes_no_host_sync(monkeypatch):
         model.hidden_states(ids, cache=cache)
         step = DecodeStep(model, "static")
         tokens, positions = torch.tensor([[11], [12]]), torch.tensor([[3], [3]])
-        calls: list[str] = []
-        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "cpu", "numpy"):
-            original = getattr(torch.Tensor, name)
+        out = []
+        calls = _host_syncs(monkeypatch, lambda: out.extend([step(tokens, positions, cache), step(tokens, positions + 1, cache)]))
+        assert calls == [], calls
+        assert out[-1].shape == (2, config.hidden_size) and cache.length == 5
+        # The eager step does synchronise (it checks the mask on the host): the check can fail.
+        assert "__bool__" in _host_syncs(monkeypatch, lambda: DecodeStep(model, "eager")(tokens, positions + 2, cache))
 
-            def counted(self, *a, _name=name, _original=original, **k):
-                calls.append(_name)
-                return _original(self, *a, **k)
 
-            monkeypatch.setattr(torch.Tensor, name, counted)
-        if torch.cuda.is_available():
-            torch.cuda.set_sync_debug_mode("error")
-        hidden = step(tokens, positions, cache)
-        hidden = step(tokens, positions + 1, cache)
-        monkeypatch.undo()
-    assert calls == [], calls
-    assert hidden.shape == (2, config.hidden_size) and cache.length == 5
+@pytest.mark.parametrize("preset", STYLES)
+def test_paged_decode_step_makes_no_host_sync_and_equals_the_eager_step(preset, monkeypatch):
+    """The engine's static paged step (block tables as inputs) against the eager packed step, on the same blocks."""
+    from falconlm.decoding.step import PagedDecodeStep
+    from falconlm.model.paged_cache import PagedLayout
+
+    config = FalconConfig.from_preset(preset, initializer_range=0.2)
+    model, _ = make_pair(config)
+    bs, prompt = 4, torch.randint(12, config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(5))
+    tables = torch.tensor([[3, 0, 5, 1], [2, 6, 4, 7]])
+    cache = model.new_paged_cache(8, bs)
+    with torch.inference_mode():
+        for row in range(2):  # prefill both rows through their tables
+            slots = tables[row, torch.arange(7) // bs] * bs + torch.arange(7) % bs
+            model.paged_hidden(prompt[row : row + 1], torch.arange(7)[None], cache, PagedLayout(slots, chunks=[(0, 7, 0, slots)]))
+        keys_before = cache.keys.clone()
+        tokens, positions = torch.tensor([[11], [12]]), torch.tensor([[7], [7]])
+        step = PagedDecodeStep(model, cache, max_blocks=4, mode="static")
+        out = []
+        calls = _host_syncs(monkeypatch, lambda: out.append(step(tokens, positions, tables)))
+        assert calls == [], calls
+        static_keys = cache.keys.clone()
+        cache.keys.copy_(keys_before)
+        span = torch.arange(8)
+        keys = tables[:, span // bs] * bs + span % bs
+        layout = PagedLayout(keys[:, 7], keys, torch.tensor([8, 8]))
+        eager = model.paged_hidden(tokens.view(1, -1), positions.view(1, -1), cache, layout)[0]
+    used = keys.flatten()  # the slots written (the rest of the pool is never read)
+    assert torch.allclose(out[0], eager, atol=1e-5) and torch.allclose(static_keys[:, used], cache.keys[:, used], atol=1e-5)
 
 
 def test_generate_command_prints_the_core_text(tiny_ckpt, capsys):

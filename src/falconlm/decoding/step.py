@@ -139,3 +139,63 @@ def decode_session(model: Any, batch: int, length: int, mode: str = "auto") -> t
     cache.valid.zero_()
     cache.length = 0
     return cache, step
+
+
+class PagedDecodeStep:
+    """The engine's decode-only steps (one token per sequence) over the paged cache, with static shapes.
+
+    Inputs are (B, 1) tokens and positions and (B, max_blocks) block tables, all on the device;
+    the slots to write and the keys to read are derived from the tables inside the step, and
+    attention spans every slot a table can address under a length mask. So nothing is read back
+    to the host, and in "graph" mode the step is captured once per row count and replayed with
+    the block tables as a graph input. Steps that prefill run eagerly (model.paged_hidden).
+    """
+
+    def __init__(self, model: Any, cache: Any, max_blocks: int, mode: str = "auto"):
+        self.model, self.cache, self.mode = model, cache, choose_mode(model, mode)
+        self.span = torch.arange(max_blocks * cache.block_size, device=model.device)
+        self._graphs: dict[int, Any] = {}
+        self._pool: Any = None
+
+    def run(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, hidden) of the step, run directly."""
+        from falconlm.model.paged_cache import PagedLayout
+
+        bs = self.cache.block_size
+        pos = positions[:, 0]
+        slots = tables.gather(1, (pos // bs)[:, None])[:, 0] * bs + pos % bs
+        keys = tables[:, self.span // bs] * bs + self.span % bs
+        lengths = pos + 1
+        keys = torch.where(self.span[None, :] < lengths[:, None], keys, keys[:, :1])
+        layout = PagedLayout(slots, keys, lengths)
+        return self.model.paged_hidden(tokens.view(1, -1), positions.view(1, -1), self.cache, layout)[0]
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        if self.mode != "graph":
+            return self.run(tokens, positions, tables)
+        captured = self._graphs.get(tokens.shape[0])
+        if captured is None:
+            if self._pool is None:
+                self._pool = _graph_pool()
+            captured = self._graphs[tokens.shape[0]] = _CapturedPagedStep(self, tokens, positions, tables, self._pool)
+        return captured(tokens, positions, tables)
+
+
+class _CapturedPagedStep:
+    """One CUDA graph of the paged decode step for one row count."""
+
+    def __init__(self, step: PagedDecodeStep, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor, pool: Any):
+        self.inputs = (tokens.clone(), positions.clone(), tables.clone())
+
+        def run() -> torch.Tensor:
+            return step.run(*self.inputs)
+
+        # The warm-up writes this step's real keys and values to the slots the step writes anyway.
+        _warm_up(run)
+        self.graph, self.hidden = _capture(run, pool)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        for buffer, value in zip(self.inputs, (tokens, positions, tables)):
+            buffer.copy_(value)
+        self.graph.replay()
+        return self.hidden

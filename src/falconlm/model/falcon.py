@@ -18,6 +18,7 @@ from torch import nn
 
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
+from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout
 from falconlm.model.linear import linear
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -34,11 +35,16 @@ class FalconLinear(nn.Linear):
 # ----------------------------------------------------------------------------- positions
 
 
+def _rope_kind(config: FalconConfig) -> str:
+    scaling = config.rope_scaling or {}
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
 def rope_cos_sin(config: FalconConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape (B, 1, T, head_dim) for the half-split (NeoX) rotary convention."""
     dim, base = config.head_dim, config.rope_theta
     scaling = config.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = _rope_kind(config)
     if kind == "dynamic":
         # Dynamic NTK (as transformers): grow the base once positions pass the trained length.
         seq_len = int(positions.max()) + 1
@@ -118,6 +124,8 @@ class FalconAttention(nn.Module):
         v = qkv[:, :, :, self.group + 1].transpose(1, 2)
         if ctx.cos is not None:
             q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        if ctx.paged is not None:
+            return self.dense(ctx.paged.attend(self.layer_idx, q, k, v, self.stored_kv_heads))
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v, ctx.slots)
         out = self._attend(q, k, v, ctx)
@@ -199,10 +207,10 @@ class FalconModel(nn.Module):
 class _ForwardContext:
     """What every layer of one forward call shares: rotary tables, the mask, the cache slots."""
 
-    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots")
+    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots", "paged")
 
     def __init__(self) -> None:
-        self.cos = self.sin = self.mask = self.cache = self.slots = None
+        self.cos = self.sin = self.mask = self.cache = self.slots = self.paged = None
         self.causal_only = False
 
 
@@ -357,11 +365,35 @@ class FalconForCausalLM(nn.Module):
             x = layer(x, ctx)
         return self.transformer.ln_f(x)[:, -1]
 
+    def paged_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: PagedKVCache, layout: PagedLayout) -> torch.Tensor:
+        """Final hidden states (1, T, hidden) of one packed engine step: every scheduled sequence's new tokens in one row.
+
+        Keys and values go to the paged cache at `layout.slots`; attention reads each sequence's
+        context through its block table (model/paged_cache.py). Each token's hidden state equals
+        the one it gets in a forward of its sequence alone.
+        """
+        ctx = _ForwardContext()
+        ctx.paged = PagedAttention(self.config, cache, layout, self.dtype, self.alibi_heads)
+        if self.config.rotary:
+            if _rope_kind(self.config) == "dynamic":  # the base depends on the longest position: each sequence its own, as alone
+                tables = [rope_cos_sin(self.config, position_ids[:, off : off + n], self.dtype) for off, n in layout.parts()]
+                ctx.cos, ctx.sin = torch.cat([c for c, _ in tables], dim=2), torch.cat([s for _, s in tables], dim=2)
+            else:
+                ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, self.dtype)
+        x = self.transformer.word_embeddings(input_ids)
+        for layer in self.transformer.h:
+            x = layer(x, ctx)
+        return self.transformer.ln_f(x)
+
+    def new_paged_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
+        """A pool of `num_blocks` KV blocks of `block_size` tokens, of the KV heads this model's attention holds."""
+        kv_heads = self.transformer.h[0].self_attention.stored_kv_heads if len(self.transformer.h) else None
+        return PagedKVCache(self.config, num_blocks, block_size, self.dtype, self.device, kv_heads=kv_heads)
+
     @property
     def has_static_decode(self) -> bool:
         """Whether `decode_hidden` applies: not for dynamic NTK RoPE, whose base depends on the longest position (read on the host)."""
-        scaling = self.config.rope_scaling or {}
-        return scaling.get("rope_type", scaling.get("type", "default")) != "dynamic"
+        return _rope_kind(self.config) != "dynamic"
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         """A preallocated cache for `max_length` tokens per row, of the KV heads this model's attention holds."""

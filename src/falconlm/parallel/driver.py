@@ -4,7 +4,7 @@ Only rank 0 runs the caller's code (a CLI command, the server's engine). Every m
 that has collectives inside (a forward, a pick across vocabulary shards) is broadcast as a message
 (op name and arguments) over a CPU (gloo) group, and the followers run the same op on their
 shards, so all ranks enter the same collectives in the same order. Calls without collectives that
-change state the followers mirror (a new KV cache, a row moved inside one) are queued and ride
+change state the followers mirror (a new KV cache, a block copied inside a paged one) are queued and ride
 along with the next message. When rank 0 has sent nothing for `ping_interval` seconds it sends a
 ping, so an idle server's followers never reach the process group's timeout. `close` sends "stop".
 """

@@ -7,6 +7,7 @@ handle). On rank 0, `Rank.drive` points the model's own methods at the Driver, s
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import signal
 import threading
@@ -23,55 +24,33 @@ from falconlm.decoding.settings import GenerationConfig
 from falconlm.errors import FalconError
 from falconlm.model.falcon import FalconForCausalLM
 from falconlm.model.kv_cache import KVCache
+from falconlm.model.paged_cache import PagedKVCache
 from falconlm.parallel.driver import PING, Driver, follow
 from falconlm.parallel.layers import gather_argmax, gather_vocab
 from falconlm.parallel.plan import ShardPlan
 
-# KVCache methods that change what a cache holds; rank 0 queues each for the followers' caches.
-CACHE_CHANGES = ("advance", "insert_row", "free_row", "move_row", "compact", "clear")
-
-
 class CacheRef(NamedTuple):
-    """A KV cache named across ranks: its handle, the row view (None: all rows) and its fill pointer."""
+    """A KV cache (contiguous or paged) named across ranks: its handle and, for a contiguous one, its fill pointer."""
 
     handle: int
-    rows: int | None
     length: int
 
 
 class MirroredCache(KVCache):
-    """Rank 0's KV cache (its own KV heads); every change is queued for the followers' caches of the same handle."""
+    """Rank 0's contiguous KV cache (its own KV heads); the followers hold theirs under the same handle."""
+
+    handle: int
+
+
+class MirroredPagedCache(PagedKVCache):
+    """Rank 0's paged KV pool (its own KV heads); a block copy is queued for the followers' pools."""
 
     handle: int
     driver: Driver
-    changing: bool = False  # inside one of CACHE_CHANGES
 
-    def rows(self, n: int) -> KVCache:
-        view = super().rows(n)
-        view.tp_ref = (self.handle, n)
-        return view
-
-
-def _mirrored(name: str) -> Callable[..., Any]:
-    change = getattr(KVCache, name)
-
-    def method(self: MirroredCache, *args: Any) -> Any:
-        if self.changing:  # a change made by another one (move_row frees its source): the followers' replay makes it too
-            return change(self, *args)
-        length, self.changing = self.length, True
-        try:
-            out = change(self, *args)
-        finally:
-            self.changing = False
-        self.driver.record("cache", self.handle, length, name, args)  # after it worked here
-        return out
-
-    method.__name__, method.__doc__ = name, change.__doc__
-    return method
-
-
-for _name in CACHE_CHANGES:
-    setattr(MirroredCache, _name, _mirrored(_name))
+    def copy_block(self, source: int, dest: int) -> None:
+        super().copy_block(source, dest)
+        self.driver.record("copy_block", self.handle, source, dest)
 
 
 class Rank:
@@ -81,12 +60,13 @@ class Rank:
         self.model, self.plan, self.group, self.control = model, plan, group, control
         self.rank, self.world = plan.rank, plan.world
         self.driver: Driver | None = None
-        self.caches: dict[int, KVCache] = {}  # a follower's caches, by rank 0's handles
+        self.caches: dict[int, KVCache | PagedKVCache] = {}  # a follower's caches, by rank 0's handles
         self._handles = itertools.count()
         self.handlers: dict[str, Callable[..., Any]] = {
             "forward": self.forward, "hidden_states": self.hidden_states, "decode_hidden": self.decode_hidden,
-            "logits": self.logits, "argmax": self.argmax,
-            "new_cache": self._new_cache, "cache": self._cache_change, "release": lambda handle: self.caches.pop(handle, None), PING: lambda: None,
+            "paged_hidden": self.paged_hidden, "logits": self.logits, "argmax": self.argmax,
+            "new_cache": self._new_cache, "new_paged_cache": self._new_paged_cache, "copy_block": self._copy_block,
+            "release": lambda handle: self.caches.pop(handle, None), PING: lambda: None,
         }
 
     # ----- the ops (the same on every rank; the model's class methods, not rank 0's announcing ones) -----
@@ -102,6 +82,10 @@ class Rank:
     def decode_hidden(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """FalconForCausalLM.decode_hidden on this rank's shard."""
         return FalconForCausalLM.decode_hidden(self.model, *args, **kwargs)
+
+    def paged_hidden(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """FalconForCausalLM.paged_hidden on this rank's shard (each rank's pool holds its own KV heads)."""
+        return FalconForCausalLM.paged_hidden(self.model, *args, **kwargs)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Full fp32 logits (B, vocab) of final hidden states on rank 0, None on the others."""
@@ -127,10 +111,11 @@ class Rank:
     def _new_cache(self, handle: int, batch: int, length: int) -> None:
         self.caches[handle] = FalconForCausalLM.new_cache(self.model, batch, length)
 
-    def _cache_change(self, handle: int, length: int, name: str, args: tuple) -> None:
-        cache = self.caches[handle]
-        cache.length = length
-        getattr(cache, name)(*args)
+    def _new_paged_cache(self, handle: int, num_blocks: int, block_size: int) -> None:
+        self.caches[handle] = FalconForCausalLM.new_paged_cache(self.model, num_blocks, block_size)
+
+    def _copy_block(self, handle: int, source: int, dest: int) -> None:
+        self.caches[handle].copy_block(source, dest)
 
     # ----- rank 0 -----
     def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
@@ -144,8 +129,18 @@ class Rank:
         base = FalconForCausalLM.new_cache(self.model, batch, length)
         cache = MirroredCache.__new__(MirroredCache)
         cache.__dict__.update(vars(base))
-        cache.handle, cache.driver = next(self._handles), self.driver
+        cache.handle = next(self._handles)
         self.driver.record("new_cache", cache.handle, batch, length)
+        weakref.finalize(cache, self.driver.record, "release", cache.handle)
+        return cache
+
+    def new_paged_cache(self, num_blocks: int, block_size: int) -> MirroredPagedCache:
+        """A paged KV pool of this rank's KV heads, created on every rank under one handle."""
+        base = FalconForCausalLM.new_paged_cache(self.model, num_blocks, block_size)
+        cache = MirroredPagedCache.__new__(MirroredPagedCache)
+        cache.__dict__.update(vars(base))
+        cache.handle, cache.driver = next(self._handles), self.driver
+        self.driver.record("new_paged_cache", cache.handle, num_blocks, block_size)
         weakref.finalize(cache, self.driver.record, "release", cache.handle)
         return cache
 
@@ -153,9 +148,10 @@ class Rank:
         """Make rank 0's model announce every op to the followers; the model is then used as a whole one."""
         self.driver = Driver(self.handlers, self.encode, self.control, ping_interval=ping_interval, on_failure=on_failure)
         m = self.model
-        for op in ("forward", "hidden_states", "decode_hidden"):
+        for op in ("forward", "hidden_states", "decode_hidden", "paged_hidden"):
             setattr(m, op, _announcing(self.driver, op))
         m.new_cache = self.new_cache
+        m.new_paged_cache = self.new_paged_cache
         m.make_picker = lambda: ParallelPicker(m, self)
         return self.driver
 
@@ -177,13 +173,12 @@ class Rank:
         """What rank 0 sends for an argument: tensors on the CPU, KV caches by reference."""
         if isinstance(value, torch.Tensor):
             return value.detach().cpu()
-        if isinstance(value, KVCache):
-            if isinstance(value, MirroredCache):
-                return CacheRef(value.handle, None, value.length)
-            ref = getattr(value, "tp_ref", None)
-            if ref is None:
-                raise FalconError("under tensor parallelism a KV cache must come from model.new_cache (each rank holds its own part)")
-            return CacheRef(ref[0], ref[1], value.length)
+        if isinstance(value, (KVCache, PagedKVCache)):
+            if not isinstance(value, (MirroredCache, MirroredPagedCache)):
+                raise FalconError("under tensor parallelism a KV cache must come from model.new_cache or model.new_paged_cache (each rank holds its own part)")
+            return CacheRef(value.handle, getattr(value, "length", 0))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a step's PagedLayout
+            return dataclasses.replace(value, **{f.name: self.encode(getattr(value, f.name)) for f in dataclasses.fields(value)})
         if isinstance(value, (list, tuple)) and not isinstance(value, CacheRef):
             return type(value)(self.encode(v) for v in value)
         if isinstance(value, dict):
@@ -196,10 +191,11 @@ class Rank:
             return value.to(self.model.device)
         if isinstance(value, CacheRef):
             cache = self.caches[value.handle]
-            if value.rows is not None:
-                cache = cache.rows(value.rows)
-            cache.length = value.length
+            if isinstance(cache, KVCache):
+                cache.length = value.length
             return cache
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.replace(value, **{f.name: self.decode(getattr(value, f.name)) for f in dataclasses.fields(value)})
         if isinstance(value, (list, tuple)):
             return type(value)(self.decode(v) for v in value)
         if isinstance(value, dict):
