@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -492,6 +493,8 @@ def print_scenario(sc: Scenario, max_tokens: int, sides: dict[str, dict], labels
     got = {k: s["scenarios"].get(sc.name) for k, s in sides.items()}
     o, v = got.get("ours"), got.get("vllm")
     cols = [k for k in ("ours", "vllm") if got.get(k)]
+    if not cols:  # no server ran it
+        return {}
     print(f"\n{sc.name}: {sc.describe()} x {max_tokens} tokens")
     print(f"  {'':<22}" + "".join(f"{labels[k]:>14}" for k in cols) + (f"{'ours/vLLM':>12}" if o and v else ""))
     rows = [
@@ -558,9 +561,10 @@ def main() -> int:
     plan = scenarios(args.quick)
     if args.scenarios:
         wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-        for name in wanted:
-            if name not in plan and name.startswith("poisson-"):
-                plan[name] = Scenario(name, 0, 8 if args.quick else 32, rate=float(name.split("-", 1)[1]))
+        for name in wanted:  # any Poisson rate can be asked for by name
+            rate = re.fullmatch(r"poisson-(\d+(?:\.\d+)?)", name)
+            if name not in plan and rate and float(rate[1]) > 0:
+                plan[name] = Scenario(name, 0, 8 if args.quick else 32, rate=float(rate[1]))
         unknown = [n for n in wanted if n not in plan]
         if unknown:
             raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(plan)}, poisson-R")
@@ -615,6 +619,8 @@ def main() -> int:
             peaks = [v["peak_rss_bytes"] for v in s["scenarios"].values()]
             print(f"{labels[k]}: start-up {s['startup_s']:.1f} s, idle RSS {s['idle_rss_bytes'] / 1e6:.0f} MB, peak RSS {max(peaks, default=0) / 1e6:.0f} MB; "
                   f"load average {s['load_average_start'][0]:.2f} -> {s['load_average_end'][0]:.2f}")
+    if "vllm" in sides:
+        print(f"(vLLM's RSS includes its KV cache, allocated at start: VLLM_CPU_KVCACHE_SPACE={args.kv_cache_gib} GiB; RSS sums the processes of each tree)")
     print(f"threads {args.threads}; load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {elapsed:.0f} s in all")
 
     for s in sides.values():
