@@ -14,17 +14,25 @@ from falconlm.testing import make_pair
 pytestmark = pytest.mark.skipif(not head_screen._AVAILABLE, reason="this torch has no int8 weight kernel")
 
 
-def test_error_bound_holds_on_adversarial_inputs():
+@pytest.mark.parametrize("kernel", ["falconlm", "torch"])
+def test_error_bound_holds_on_adversarial_inputs(kernel, monkeypatch):
+    from falconlm.quant import kernels
+
+    if kernel == "falconlm" and not kernels.available():
+        pytest.skip("falconlm's int8 kernel could not be built here")
+    if kernel == "torch":
+        monkeypatch.setattr(head_screen, "_own_kernel", lambda width: False)
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(3000, 256, generator=g) * 0.02
     weight[:7] *= 40  # rows with large scales
     weight[7] = 0.0  # an all-zero row
     screen = HeadScreen(weight)
+    assert screen.ours == (kernel == "falconlm")
     for trial in range(30):
         x = torch.randn(4, 256, generator=g) * 10 ** (trial % 5 - 2)
         if trial % 2:
             x = torch.sign(weight[trial : trial + 4]) * x.abs()  # aligned with a row's signs: worst case for rounding
-        approx = torch._weight_int8pack_mm(x.bfloat16(), screen.q, screen.scale_bf16).float()
+        approx = screen.scores(x)
         l1 = x.abs().sum(1, keepdim=True)
         bound = l1 * screen.scale_bound * head_screen._ERROR_SCALE + approx.abs() * head_screen._OUTPUT_REL + l1 * 1e-6
         assert ((x @ weight.T - approx).abs() <= bound).all()

@@ -6,7 +6,7 @@ Sampling settings arrive with each request; the flags (from `ServeCommand`) say 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from falconlm.configure import add_config_arguments, config_from_args
@@ -19,9 +19,13 @@ class ServeCommand:
     checkpoint: str  # checkpoint directory (config.json, safetensors, tokenizer.json)
     host: str = "127.0.0.1"  # address to bind (127.0.0.1: this machine only)
     port: int = 8000  # TCP port
-    max_batch_size: int = 16  # rows decoded together (continuous batching)
+    max_batch_size: int = 16  # sequences running together (continuous batching)
     max_queue: int = 64  # waiting requests beyond which the server answers 503
-    max_length: int | None = None  # tokens per row (prompt + completion); None: the model's context
+    max_length: int | None = None  # tokens per request (prompt + completion); None: the model's context
+    kv_cache_memory: float | None = None  # GB for the paged KV pool; None: room for every running request at full length twice over, within 30% of free memory
+    block_size: int = 16  # tokens per KV block
+    max_num_batched_tokens: int | None = None  # tokens one engine step computes (decode rows + prompt chunks); None: 256
+    prefix_caching: bool = True  # reuse the KV blocks of prompt prefixes seen before (--no-prefix-caching: off)
     api_key: str | None = None  # require 'Authorization: Bearer KEY' on every endpoint but /health
     dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
     quantize: str | None = None  # int8 | int4: quantize a full-precision checkpoint as it loads (round to nearest, LM head included)
@@ -57,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     mconfig = FalconConfig.from_json(args.checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_fits(inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None), args.tp, quantize=args.quantize), f"serving {args.checkpoint}", device, args.force,
-               hint="serve a smaller checkpoint or a lower --dtype")
+    need = inference_bytes(mconfig, args.dtype or getattr(mconfig, "torch_dtype", None), args.tp, quantize=args.quantize)
+    if args.kv_cache_memory:
+        need = replace(need, parts=need.parts + (("KV cache pool", args.kv_cache_memory * 2**30),))
+    check_fits(need, f"serving {args.checkpoint}", device, args.force, hint="serve a smaller checkpoint, a lower --dtype or a smaller --kv-cache-memory")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +91,7 @@ def _serve(args: ServeCommand, model) -> int:
     from falconlm.decoding.engine import Engine
     from falconlm.errors import FalconError
     from falconlm.serve.app import create_app, served_name
+    from falconlm.serve.metrics import ServerMetrics
     from falconlm.tokenizer.chat_template import load_chat_template
     from falconlm.tokenizer.falcon import FalconTokenizer
 
@@ -92,10 +99,20 @@ def _serve(args: ServeCommand, model) -> int:
     limit = model.config.max_position_embeddings
     if args.max_length is not None and not 0 < args.max_length <= limit:
         raise FalconError(f"--max-length must be in 1..{limit} (the model's context), got {args.max_length}")
-    engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length, step_mode=args.step_mode)
+    metrics = ServerMetrics()
+    engine = Engine(
+        model, tokenizer, max_batch_size=args.max_batch_size, max_queue=args.max_queue, max_length=args.max_length, step_mode=args.step_mode,
+        block_size=args.block_size, kv_cache_memory=args.kv_cache_memory, max_num_batched_tokens=args.max_num_batched_tokens,
+        prefix_caching=args.prefix_caching, observer=metrics,
+    )
     name = args.served_model_name or served_name(args.checkpoint)
-    app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(Path(args.checkpoint).resolve())})
-    logging.getLogger("falconlm.serve").info("serving %s (%s, tensor parallel %d) on http://%s:%d/v1, batch %d, queue %d", name, model.config.block_style, args.tp, args.host, args.port, args.max_batch_size, args.max_queue)
+    app = create_app(engine, tokenizer, name, load_chat_template(args.checkpoint), api_key=args.api_key, aliases={args.checkpoint, str(Path(args.checkpoint).resolve())}, metrics=metrics)
+    pool = engine.load()
+    logging.getLogger("falconlm.serve").info(
+        "serving %s (%s, tensor parallel %d) on http://%s:%d/v1, batch %d, queue %d, KV pool %d blocks of %d tokens (%.2f GB), %d tokens per step, prefix caching %s",
+        name, model.config.block_style, args.tp, args.host, args.port, args.max_batch_size, args.max_queue, pool["kv_blocks_total"], args.block_size,
+        engine.cache.nbytes / 2**30, engine.max_num_batched_tokens, "on" if args.prefix_caching else "off",
+    )
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     finally:
