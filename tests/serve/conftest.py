@@ -28,4 +28,17 @@ def make_app(loaded):
 
     yield factory
     for e in engines:
+        assert_pool_returned(e)
         e.close()
+
+
+def assert_pool_returned(engine, timeout: float = 30.0) -> None:
+    """After a test every KV block is back in the pool (a cancelled request is retired at the engine's next step)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (engine.active or engine.waiting) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    load = engine.load()
+    assert load["active"] == 0 and load["waiting"] == 0, load
+    assert load["kv_blocks_free"] == load["kv_blocks_total"] and not any(engine.pool.refs), load

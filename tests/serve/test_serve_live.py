@@ -48,13 +48,13 @@ def test_openai_client_completion_chat_and_stream(make_app, loaded):
 
 
 def _slow(monkeypatch, model, seconds):
-    real = model.hidden_states
+    real = model.paged_hidden  # the engine's forward pass
 
     def slow(*a, **kw):
         time.sleep(seconds)
         return real(*a, **kw)
 
-    monkeypatch.setattr(model, "hidden_states", slow)
+    monkeypatch.setattr(model, "paged_hidden", slow)
 
 
 def _wait(cond, timeout=10.0):

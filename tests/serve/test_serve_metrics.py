@@ -74,3 +74,24 @@ def test_the_next_chat_turn_reuses_the_conversation_so_far(make_app, loaded):
             assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
 
     asyncio.run(go())
+
+
+def test_best_of_returns_the_candidates_with_the_best_logprob_per_token(make_app):
+    app, engine = make_app(block_size=4)
+    body = {"prompt": "the falcon flies over the desert", "max_tokens": 8, "temperature": 1.0, "seed": 3, "ignore_eos": True}
+
+    async def go():
+        async with client(app) as c:
+            every = (await c.post("/v1/completions", json={**body, "n": 4, "logprobs": 0})).json()["choices"]
+            forks = engine.stats["forks"]
+            best = (await c.post("/v1/completions", json={**body, "n": 2, "best_of": 4})).json()
+            assert engine.stats["forks"] - forks == 3  # four candidates, one prefill
+            ranked = sorted(every, key=lambda ch: -sum(ch["logprobs"]["token_logprobs"]) / len(ch["logprobs"]["token_logprobs"]))
+            assert [ch["text"] for ch in best["choices"]] == [ch["text"] for ch in ranked[:2]]
+            assert [ch["index"] for ch in best["choices"]] == [0, 1] and best["choices"][0]["logprobs"] is None
+            assert best["usage"]["completion_tokens"] == 32  # every candidate was generated
+            for bad, word in (({"n": 3, "best_of": 2}, "at least n"), ({"best_of": 2, "stream": True}, "stream")):
+                r = await c.post("/v1/completions", json={**body, **bad})
+                assert r.status_code == 400 and word in r.json()["error"]["message"]
+
+    asyncio.run(go())

@@ -33,25 +33,29 @@ def add_routes(app: FastAPI, st: ServerState) -> None:
         encoded = [encode_prompt(st, p) for p in body.prompts]
         limit = st.engine.max_length
         default = None if body.max_tokens is not None else 16
+        k = body.best_of or body.n  # candidates per prompt; they share the prompt's KV blocks
+        ranked = k > body.n
         params = []
         for i, ids in enumerate(encoded):
             mt = body.max_tokens if body.max_tokens is not None else min(default, limit - len(ids))
             check_length(st, len(ids), mt, "max_tokens")
-            params.append(request_config(body, mt, logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None))
-        seqs, queue = submit(st, encoded, params, body.n)
+            logprobs = body.logprobs if body.logprobs is not None else (0 if ranked else None)  # ranking needs each token's log-probability
+            params.append(request_config(body, mt, logprobs=logprobs, prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None))
+        seqs, queue = submit(st, encoded, params, k)
         prompt_tokens = sum(map(len, encoded))
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             return sse(request, st, seqs, completion_stream(st, body, seqs, queue, rid, created, prompt_tokens, request))
         results = await collect(request, st, seqs, queue)
+        generated = sum(len(r.tokens) for r in results)
         choices = []
-        for seq, res in zip(seqs, results):
-            prompt_text = st.tokenizer.decode(seq.prompt_ids) if body.echo else ""
-            choice = {"index": seq.index, "text": prompt_text + res.text, "logprobs": None, "finish_reason": res.finish_reason}
-            if body.logprobs is not None:
-                choice["logprobs"] = legacy_logprobs(st, (res.prompt_logprobs or []) if body.echo else [], res.tokens)
-            choices.append(choice)
-        usage = record_usage(request, prompt_tokens, sum(len(r.tokens) for r in results))
+        for i in range(len(encoded)):
+            candidates = list(zip(seqs[i * k : (i + 1) * k], results[i * k : (i + 1) * k]))
+            if ranked:
+                candidates = sorted(candidates, key=lambda c: -_mean_logprob(c[1].tokens))[: body.n]
+            for j, (seq, res) in enumerate(candidates):
+                choices.append(_completion_choice(st, body, seq, res, i * body.n + j))
+        usage = record_usage(request, prompt_tokens, generated)
         return {"id": rid, "object": "text_completion", "created": created, "model": st.model_name, "choices": choices, "usage": usage}
 
     @app.post("/v1/chat/completions")
@@ -119,6 +123,19 @@ async def chat_stream(st: ServerState, body: ChatCompletionRequest, seqs: list[S
     if body.stream_options and body.stream_options.include_usage:
         yield chunk([], usage=usage)
     yield "data: [DONE]\n\n"
+
+
+def _completion_choice(st: ServerState, body: CompletionRequest, seq: Sequence, res: Any, index: int) -> dict[str, Any]:
+    prompt_text = st.tokenizer.decode(seq.prompt_ids) if body.echo else ""
+    choice = {"index": index, "text": prompt_text + res.text, "logprobs": None, "finish_reason": res.finish_reason}
+    if body.logprobs is not None:
+        choice["logprobs"] = legacy_logprobs(st, (res.prompt_logprobs or []) if body.echo else [], res.tokens)
+    return choice
+
+
+def _mean_logprob(tokens: list[TokenInfo]) -> float:
+    """Log-probability per generated token, by which best_of ranks its candidates (OpenAI's definition)."""
+    return sum(t.logprob for t in tokens) / len(tokens) if tokens else float("-inf")
 
 
 def legacy_logprobs(st: ServerState, prompt: list[TokenInfo], generated: list[TokenInfo], start: int = 0) -> dict[str, Any]:

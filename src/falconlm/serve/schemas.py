@@ -73,15 +73,17 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    best_of: int | None = None
+    best_of: int | None = Field(default=None, ge=1, le=MAX_N)  # sample this many, return the n with the highest log-probability per token
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _check_prompt(self) -> "CompletionRequest":
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be an empty list")
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of is not supported (leave it unset or equal to n)")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.best_of is not None and self.best_of > self.n and self.stream:
+            raise ValueError("best_of is not supported with stream (the best are known only at the end)")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.echo and self.stream:
