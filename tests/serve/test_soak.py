@@ -1,9 +1,8 @@
 """Soak: 200 seeded random requests against a live `falconlm serve` process on 127.0.0.1.
 
 The server is the real CLI (`python -m falconlm serve CKPT`) in a subprocess on a free TCP port, over
-the tiny-7b checkpoint with a small engine (batch 4) and, where the engine has them, a small paged KV
-pool (--kv-cache-memory, --block-size, --max-num-batched-tokens are passed only when `serve --help`
-lists them, so the test runs on the contiguous-cache engine and on the paged one).
+the tiny-7b checkpoint with a small engine (batch 4), a small paged KV pool (48 blocks of 16 tokens,
+so four rows compete for blocks and get preempted) and a 64-token step budget (prompts are chunked).
 
 The request stream comes from random.Random(SEED): completions and chat, streamed or not, prompts of
 1..~100 words (some from a small pool that repeats, some sharing a long common prefix so a prefix
@@ -189,23 +188,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pool_flags(ckpt: Path) -> tuple[list[str], str]:
-    """The paged-engine flags `serve --help` lists (none on the contiguous-cache engine), and a note saying which."""
-    out = subprocess.run([sys.executable, "-m", "falconlm", "serve", "--help"], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    helptext = out.stdout
-    flags: list[str] = []
-    if "--block-size" in helptext:
-        flags += ["--block-size", str(BLOCK_SIZE)]
-    if "--kv-cache-memory" in helptext:  # GB (2**30 bytes) of keys and values, as Engine(kv_cache_memory=) reads it
-        from falconlm.model.config import FalconConfig
+def _pool_flags(ckpt: Path) -> list[str]:
+    """A pool of POOL_BLOCKS blocks (--kv-cache-memory is in GB of 2**30 bytes) and the step budget."""
+    import torch
 
-        cfg = FalconConfig.from_json(ckpt)
-        per_token = 2 * cfg.num_hidden_layers * cfg.stored_kv_heads * cfg.head_dim * 4  # keys and values, float32 as saved
-        flags += ["--kv-cache-memory", repr(POOL_BLOCKS * BLOCK_SIZE * per_token / 2**30)]  # 48 blocks: a power-of-two fraction, exact
-    if "--max-num-batched-tokens" in helptext:
-        flags += ["--max-num-batched-tokens", str(BATCHED_TOKENS)]
-    return flags, ("paged-engine flags: " + " ".join(flags)) if flags else "no paged-engine flags in `serve --help`"
+    from falconlm.model.config import FalconConfig
+    from falconlm.model.paged_cache import PagedKVCache
+
+    per_block = PagedKVCache.bytes_per_block(FalconConfig.from_json(ckpt), BLOCK_SIZE, torch.float32)  # float32, as saved
+    return ["--block-size", str(BLOCK_SIZE), "--kv-cache-memory", repr(POOL_BLOCKS * per_block / 2**30), "--max-num-batched-tokens", str(BATCHED_TOKENS)]
 
 
 class ServerProcess:
@@ -444,8 +435,7 @@ def _health(url: str) -> dict[str, Any]:
 def test_soak_random_live_traffic(tiny_ckpt, loaded, tmp_path):
     specs = plan()
     assert len(specs) == N_REQUESTS
-    extra, note = _pool_flags(tiny_ckpt)
-    print(f"\nsoak: {note}")
+    extra = _pool_flags(tiny_ckpt)
     model, tok = loaded
     from falconlm.tokenizer.chat_template import load_chat_template
 
@@ -457,24 +447,19 @@ def test_soak_random_live_traffic(tiny_ckpt, loaded, tmp_path):
         outcomes = asyncio.run(_soak(server.url, specs))
         t2 = time.monotonic()
 
-        # Drained: nothing active or waiting, and (paged engine) every KV block back in the pool.
+        # Drained: nothing active or waiting, and every KV block back in the pool.
         deadline = time.monotonic() + DRAIN_TIMEOUT
         health = _health(server.url)
         while health["active"] or health["waiting"]:
             assert time.monotonic() < deadline, f"the engine did not drain after the soak: {health}\n{server.log_text()[-3000:]}"
             time.sleep(0.1)
             health = _health(server.url)
-        if "kv_blocks_total" in health:
-            # Cancellations are noticed at the next step; give the pool the same grace as active/waiting.
-            while health["kv_blocks_free"] != health["kv_blocks_total"] and time.monotonic() < deadline:
-                time.sleep(0.1)
-                health = _health(server.url)
-            print(f"soak: paged KV pool reported: {health['kv_blocks_free']}/{health['kv_blocks_total']} blocks free")
-            assert health["kv_blocks_free"] == health["kv_blocks_total"], f"KV blocks leaked: {health}"
-            if "prefix_hit_rate" in health:  # a third of the prompts start with the same ~110 tokens
-                assert health["prefix_hit_rate"] > 0, f"the prefix cache never hit: {health}"
-        else:
-            print("soak: /health reports no KV pool (contiguous-cache engine): checked active/waiting only")
+        # Cancellations are noticed at the next step; give the pool the same grace as active/waiting.
+        while health["kv_blocks_free"] != health["kv_blocks_total"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            health = _health(server.url)
+        assert health["kv_blocks_total"] == POOL_BLOCKS and health["kv_blocks_free"] == health["kv_blocks_total"], f"KV blocks leaked: {health}"
+        assert health["prefix_hit_rate"] > 0, f"the prefix cache never hit: {health}"  # a third of the prompts start with the same ~110 tokens
         print(f"soak: final /health {health}")
 
         # Still alive, and a last request is answered exactly.
