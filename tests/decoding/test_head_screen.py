@@ -30,11 +30,14 @@ def test_error_bound_holds_on_adversarial_inputs(kernel, monkeypatch):
     assert screen.ours == (kernel == "falconlm")
     for trial in range(30):
         x = torch.randn(4, 256, generator=g) * 10 ** (trial % 5 - 2)
-        if trial % 2:
-            x = torch.sign(weight[trial : trial + 4]) * x.abs()  # aligned with a row's signs: worst case for rounding
+        if trial % 3 == 1:
+            x = torch.sign(weight[trial : trial + 4]) * x.abs()  # aligned with a row's signs: worst case for the l1 bound
+        elif trial % 3 == 2 and screen.ours:
+            # Along the rows' own rounding residuals: where Cauchy-Schwarz is an equality.
+            residual = weight[trial : trial + 4] - (screen.q[trial : trial + 4].float() - 128) * screen.scale[trial : trial + 4]
+            x = residual / residual.norm(dim=1, keepdim=True).clamp_min(1e-30) * x.norm(dim=1, keepdim=True)
         approx = screen.scores(x)
-        l1 = x.abs().sum(1, keepdim=True)
-        bound = l1 * screen.scale_bound * head_screen._ERROR_SCALE + approx.abs() * head_screen._OUTPUT_REL + l1 * 1e-6
+        bound = screen.row_error(x, approx.abs().amax(dim=1))[:, None]
         assert ((x @ weight.T - approx).abs() <= bound).all()
         assert torch.equal(screen.argmax(x), (x @ weight.T).argmax(dim=1))
 

@@ -15,10 +15,18 @@ which `_ERROR_SCALE` = 2, `_OUTPUT_REL` = 2u and an absolute slack over-approxim
 checks the bound against adversarial inputs. If too many candidates survive (a nearly flat
 distribution), the caller falls back to the full head.
 
-Where falconlm's own int8 kernel is built (quant/kernels.py) the scores come from it instead:
-fp32 activations and fp32 scales (no bf16 rounding), so the error is the weight rounding s/2 per
-element plus fp32 accumulation (K * 255 * 2^-24 * s * ||x||_1, 0.23 s ||x||_1 at K = 14,848), inside
-the same bound; it is 3-10x faster than torch's int8 kernel at 1-16 rows (bench_quant --kernels).
+Where falconlm's own int8 kernel is built (quant/kernels.py) the scores come from it instead, with
+fp32 activations and fp32 scales (no bf16 rounding), and the bound is much tighter: the rounding
+residual r_v = w_v - q_v s_v of every row is known exactly, so by Cauchy-Schwarz
+  |x.w_v - x.q_v s_v| <= ||x||_2 ||r_v||_2
+(about 0.3 s ||x||_1 for typical x, against the worst case 0.5 s ||x||_1 above), plus the kernel's
+fp32 accumulation (<= 383 (K + 1) 2^-24 s ||x||_1 for unsigned values and a zero point of 128,
+doubled) and the output's rounding. On Falcon-shaped heads that leaves a few candidates per row
+instead of thousands, and the kernel is 3-10x faster than torch's at 1-16 rows.
+
+Each row's bound is taken as the largest over the vocabulary, so a token can only be the argmax if
+it scores within twice that of the row's best score; the exact fp32 logits of the union of those
+tokens over all rows hold every row's true argmax.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ _ERROR_SCALE = 2.0  # >= 1.494, the rounding of w, of its bf16 scale and of the 
 _OUTPUT_REL = 2.0**-7  # bf16 rounding of the approximate logit, doubled
 _MAX_CANDIDATES = 4096
 # Scoring is compute-bound per row while the fp32 head's GEMM amortises its weights over rows: past
-# this many rows the full head is faster (bench-7b head, 2 threads: 14 vs 16 ms at 16 rows, 73 vs 34 at 64).
-_MAX_ROWS = 16
+# this many rows the full head is faster (engine step, bench-7b, 2 threads: 44 vs 52 ms at 16 rows,
+# 57 vs 59 at 24, 69 vs 67 at 32, 112 vs 95 at 64).
+_MAX_ROWS = 24
 # The CPU int8 kernel reads the inner dimension in blocks; for widths that are not a multiple of
 # 32 it returns garbage or crashes (measured on torch 2.13 for K = 8, 24, 40, 56, 100, 120), so the
 # screen is used only on widths the kernel handles, and each new shape is checked once on a probe.
@@ -53,11 +62,16 @@ class HeadScreen:
             self.scale = scale[:, None].contiguous()
             self.sz = (scale * 128)[:, None].contiguous()
             self.scale_bound = scale
+            # The exact rounding residual's norm (in float64, rounded up), and the accumulation bound's factor.
+            residual = (w.double() - q.double() * scale.double()[:, None]).norm(dim=1)
+            self.residual_max = float(residual.max()) * (1 + 1e-6)
+            self.accumulation = 2 * 383 * (w.shape[1] + 1) * 2.0**-24 * float(scale.max())
         else:
             self.q = q.to(torch.int8).contiguous()
             self.scale_bf16 = scale.to(torch.bfloat16)
             # The bound must cover the scale actually used (bf16-rounded), so take the larger of the two.
             self.scale_bound = torch.maximum(scale, self.scale_bf16.float())
+        self.scale_max = float(self.scale_bound.max())
         self.weight = weight
         self.key = (weight.data_ptr(), weight._version)
 
@@ -96,21 +110,27 @@ class HeadScreen:
         if hidden.shape[0] > _MAX_ROWS:
             return F.linear(hidden, self.weight.detach()).argmax(dim=1)
         approx = self.scores(hidden)
-        l1 = hidden.abs().sum(dim=1, keepdim=True)
-        err = l1 * self.scale_bound * _ERROR_SCALE + approx.abs() * _OUTPUT_REL + l1 * 1e-6
-        best_lower = (approx - err).amax(dim=1, keepdim=True)
-        candidates = (approx + err) >= best_lower
-        counts = candidates.sum(dim=1)
-        # Fall back to the full head when the screen cannot narrow the pick (a flat distribution) or
-        # cannot be trusted (a non-finite score, e.g. from an overflowing hidden state).
-        if not bool(torch.isfinite(approx).all()) or int(counts.min()) < 1 or int(counts.max()) > _MAX_CANDIDATES:
+        low, top = torch.aminmax(approx, dim=1)
+        err = self.row_error(hidden, torch.maximum(top.abs(), low.abs()))
+        # Fall back to the full head when the screen cannot be trusted (a non-finite score, e.g. from
+        # an overflowing hidden state) or cannot narrow the pick (a flat distribution).
+        if not bool(torch.isfinite(low).all() and torch.isfinite(err).all()):
             return None
-        picks = []
-        for row in range(hidden.shape[0]):
-            ids = candidates[row].nonzero().squeeze(1)
-            exact = F.linear(hidden[row : row + 1], self.weight.detach().index_select(0, ids))
-            picks.append(ids[exact.argmax(dim=1)])
-        return torch.cat(picks)
+        union = (approx >= (top - 2 * err)[:, None]).any(dim=0).nonzero().squeeze(1)
+        if union.numel() > _MAX_CANDIDATES:
+            return None
+        # A row's true argmax is in the union and nothing in it scores higher; the union is sorted, so
+        # ties go to the lowest id, as with the full head.
+        exact = F.linear(hidden, self.weight.detach().index_select(0, union))
+        return union[exact.argmax(dim=1)]
+
+    def row_error(self, hidden: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+        """(B,) a bound on |exact - approximate| logit over every token of each row; `magnitude` bounds |approximate|."""
+        l1 = hidden.abs().sum(dim=1)
+        if self.ours:
+            l2 = hidden.norm(dim=1)
+            return l2 * self.residual_max + l1 * self.accumulation + magnitude * 2.0**-22 + l1 * 1e-7
+        return l1 * (self.scale_max * _ERROR_SCALE + 1e-6) + magnitude * _OUTPUT_REL
 
 
 def _own_kernel(width: int) -> bool:
