@@ -14,7 +14,7 @@ from falconlm.testing import make_pair
 pytestmark = pytest.mark.skipif(not head_screen._AVAILABLE, reason="this torch has no int8 weight kernel")
 
 
-@pytest.mark.parametrize("kernel", ["falconlm", "torch"])
+@pytest.mark.parametrize("kernel", ["falconlm", "torch", "bf16"])
 def test_error_bound_holds_on_adversarial_inputs(kernel, monkeypatch):
     from falconlm.quant import kernels
 
@@ -22,23 +22,24 @@ def test_error_bound_holds_on_adversarial_inputs(kernel, monkeypatch):
         pytest.skip("falconlm's int8 kernel could not be built here")
     if kernel == "torch":
         monkeypatch.setattr(head_screen, "_own_kernel", lambda width: False)
+    monkeypatch.setattr(head_screen, "_INT8_MAX_ROWS", 0 if kernel == "bf16" else 64)
+    monkeypatch.setattr(HeadScreen, "bf16_fast", staticmethod(lambda: kernel == "bf16"))  # the bound holds whether or not bf16 is fast
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(3000, 256, generator=g) * 0.02
     weight[:7] *= 40  # rows with large scales
     weight[7] = 0.0  # an all-zero row
     screen = HeadScreen(weight)
-    assert screen.ours == (kernel == "falconlm")
+    assert screen.ours == (kernel != "torch")
     for trial in range(30):
         x = torch.randn(4, 256, generator=g) * 10 ** (trial % 5 - 2)
         if trial % 3 == 1:
             x = torch.sign(weight[trial : trial + 4]) * x.abs()  # aligned with a row's signs: worst case for the l1 bound
-        elif trial % 3 == 2 and screen.ours:
+        elif trial % 3 == 2 and screen.ours and kernel != "bf16":
             # Along the rows' own rounding residuals: where Cauchy-Schwarz is an equality.
             residual = weight[trial : trial + 4] - (screen.q[trial : trial + 4].float() - 128) * screen.scale[trial : trial + 4]
             x = residual / residual.norm(dim=1, keepdim=True).clamp_min(1e-30) * x.norm(dim=1, keepdim=True)
-        approx = screen.scores(x)
-        bound = screen.row_error(x, approx.abs().amax(dim=1))[:, None]
-        assert ((x @ weight.T - approx).abs() <= bound).all()
+        approx, _, _, bound = screen.approximate(x)
+        assert ((x.double() @ weight.double().T - approx).abs() <= bound[:, None]).all()
         assert torch.equal(screen.argmax(x), (x @ weight.T).argmax(dim=1))
 
 

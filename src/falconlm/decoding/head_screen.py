@@ -38,10 +38,10 @@ _AVAILABLE = hasattr(torch, "_weight_int8pack_mm")
 _ERROR_SCALE = 2.0  # >= 1.494, the rounding of w, of its bf16 scale and of the bf16 input (see above)
 _OUTPUT_REL = 2.0**-7  # bf16 rounding of the approximate logit, doubled
 _MAX_CANDIDATES = 4096
-# Scoring is compute-bound per row while the fp32 head's GEMM amortises its weights over rows: past
-# this many rows the full head is faster (engine step, bench-7b, 2 threads: 44 vs 52 ms at 16 rows,
-# 57 vs 59 at 24, 69 vs 67 at 32, 112 vs 95 at 64).
-_MAX_ROWS = 24
+# The int8 scores are compute-bound per row; past this many rows a bf16 copy of the head scored by
+# oneDNN's bf16 GEMM (AMX or AVX512-BF16) is faster: bench-7b head, 2 threads, scores of 1 / 16 / 64
+# rows take 0.9 / 10.4 / 53 ms in int8, 3.5 / 4.3 / 6.8 in bf16, 6.8 / 16 / 28 for the fp32 head.
+_INT8_MAX_ROWS = 12  # engine step at 8 / 16 / 64 rows: 32.5 / 43.2 / 121.6 ms with int8 scores, 35.3 / 40.8 / 87.1 with bf16
 # The CPU int8 kernel reads the inner dimension in blocks; for widths that are not a multiple of
 # 32 it returns garbage or crashes (measured on torch 2.13 for K = 8, 24, 40, 56, 100, 120), so the
 # screen is used only on widths the kernel handles, and each new shape is checked once on a probe.
@@ -74,6 +74,23 @@ class HeadScreen:
         self.scale_max = float(self.scale_bound.max())
         self.weight = weight
         self.key = (weight.data_ptr(), weight._version)
+        self.bf16: torch.Tensor | None = None  # made on the first batch that is scored in bf16
+
+    @staticmethod
+    def bf16_fast() -> bool:
+        """Whether this CPU has bf16 matmul hardware (AMX or AVX512-BF16), without which bf16 scores are slower than fp32 ones."""
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+    def _bf16_copy(self) -> torch.Tensor:
+        if self.bf16 is None:
+            w = self.weight.detach()
+            wb = w.bfloat16()
+            # Norms for the bound, in float64 and rounded up: of the rows, of the bf16 rows, of their rounding residuals.
+            self.w_norm = float(w.double().norm(dim=1).max()) * (1 + 1e-6)
+            self.wb_norm = float(wb.double().norm(dim=1).max()) * (1 + 1e-6)
+            self.wb_residual = float((w.double() - wb.double()).norm(dim=1).max()) * (1 + 1e-6)
+            self.bf16 = wb
+        return self.bf16
 
     @staticmethod
     def supports(weight: torch.Tensor) -> bool:
@@ -107,11 +124,7 @@ class HeadScreen:
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Exact argmax of hidden @ weight.T per row (B,), or None when the screen cannot narrow it down."""
-        if hidden.shape[0] > _MAX_ROWS:
-            return F.linear(hidden, self.weight.detach()).argmax(dim=1)
-        approx = self.scores(hidden)
-        low, top = torch.aminmax(approx, dim=1)
-        err = self.row_error(hidden, torch.maximum(top.abs(), low.abs()))
+        approx, low, top, err = self.approximate(hidden)
         # Fall back to the full head when the screen cannot be trusted (a non-finite score, e.g. from
         # an overflowing hidden state) or cannot narrow the pick (a flat distribution).
         if not bool(torch.isfinite(low).all() and torch.isfinite(err).all()):
@@ -123,6 +136,26 @@ class HeadScreen:
         # ties go to the lowest id, as with the full head.
         exact = F.linear(hidden, self.weight.detach().index_select(0, union))
         return union[exact.argmax(dim=1)]
+
+    def approximate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Approximate logits (B, vocab; fp32, or bf16 from the bf16 copy), their row minimum and maximum (fp32), and a bound (B,) on each row's error."""
+        if hidden.shape[0] > _INT8_MAX_ROWS and self.bf16_fast():
+            xb = hidden.bfloat16()
+            approx = F.linear(xb, self._bf16_copy())  # left in bf16: comparing it promotes element by element, nothing is copied
+            low, top = (t.float() for t in torch.aminmax(approx, dim=1))
+            return approx, low, top, self.bf16_row_error(hidden, xb, torch.maximum(top.abs(), low.abs()))
+        approx = self.scores(hidden)
+        low, top = torch.aminmax(approx, dim=1)
+        return approx, low, top, self.row_error(hidden, torch.maximum(top.abs(), low.abs()))
+
+    def bf16_row_error(self, hidden: torch.Tensor, xb: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+        """(B,) the bound for bf16 scores: x.w - xb.wb = (x - xb).w + xb.(w - wb), each by Cauchy-Schwarz,
+        plus fp32 accumulation and the bf16 rounding of the output."""
+        xb = xb.float()
+        dx = (hidden - xb).norm(dim=1) * (1 + 1e-5)  # the difference is exact in fp32; its norm rounded up
+        xn = xb.norm(dim=1) * (1 + 1e-5)
+        k = hidden.shape[1]
+        return dx * self.w_norm + xn * self.wb_residual + 2 * k * 2.0**-24 * xn * self.wb_norm + magnitude * 2.0**-8 + 1e-30
 
     def row_error(self, hidden: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
         """(B,) a bound on |exact - approximate| logit over every token of each row; `magnitude` bounds |approximate|."""
