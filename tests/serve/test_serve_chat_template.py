@@ -59,3 +59,8 @@ def test_serve_cli_help_and_errors(tiny_ckpt):
     assert out.returncode == 0 and "--max-batch-size" in out.stdout and "127.0.0.1" in out.stdout
     out = subprocess.run([sys.executable, "-m", "falconlm", "serve", str(tiny_ckpt), "--max-batch-size", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "--max-batch-size and --max-queue must be" in out.stderr and "Traceback" not in out.stderr
+    # KV pool settings that cannot work are one sentence each, before anything listens.
+    for flags, words in ((["--kv-cache-memory", "0.000001"], "cannot hold one request"), (["--max-num-batched-tokens", "4"], "at least --max-batch-size"),
+                         (["--block-size", "0"], "--block-size must be >= 1"), (["--kv-cache-memory", "-1"], "must be > 0 GB")):
+        out = subprocess.run([sys.executable, "-m", "falconlm", "serve", str(tiny_ckpt), *flags], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and words in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2, (flags, out.stderr)
