@@ -19,7 +19,7 @@ from torch import nn
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
 from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout
-from falconlm.model.linear import linear, packed_linear
+from falconlm.model.linear import linear
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -27,10 +27,8 @@ _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2,
 class FalconLinear(nn.Linear):
     """Linear whose bias is added after the matmul, as TII trained (it rounds differently in bf16)."""
 
-    packed: torch.Tensor | None = None  # oneDNN's blocked copy of the weight, for serving (model/linear.py pack_for_serving)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.weight) if self.packed is None else packed_linear(x, self.packed, self.out_features)
+        y = linear(x, self.weight)
         return y if self.bias is None else y + self.bias
 
 

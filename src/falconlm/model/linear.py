@@ -57,46 +57,6 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def pack_for_serving(model: torch.nn.Module) -> int:
-    """Repack the fp32 CPU weights of every block's linear layers into oneDNN's blocked layout, in place of the plain ones; returns how many.
-
-    The blocked layout skips the reorder oneDNN otherwise does on every call: a decode step over 4
-    to 64 rows runs its matmuls 16-32% faster (bench-7b shapes, 2 threads), with the same results
-    for 4 rows and more. The plain weights are released (the memory stays the same), so a packed
-    model serves but can no longer be saved or trained: its state_dict refuses.
-    """
-    from falconlm.errors import FalconError
-
-    if not AVAILABLE or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-        return 0
-    packed = 0
-    for block in getattr(getattr(model, "transformer", None), "h", []):
-        for module in block.modules():
-            weight = getattr(module, "weight", None)
-            if type(module).__name__ != "FalconLinear" or not _plain(weight) or weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() == 0:
-                continue
-            module.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACKED_FOR_ROWS)
-            module.weight = torch.nn.Parameter(torch.empty(0, weight.shape[1]), requires_grad=False)
-            packed += 1
-    if packed:
-        def refuse(*_: object) -> None:
-            raise FalconError("this model's weights were packed for serving (falconlm.model.linear.pack_for_serving); load the checkpoint again to save or train it")
-
-        model.register_state_dict_pre_hook(refuse)
-    return packed
-
-
-PACKED_FOR_ROWS = 16  # the batch-size hint oneDNN picks the blocked layout for (16-256 measured alike)
-
-
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
-    """x @ W.T for a weight repacked by pack_for_serving."""
-    x2d = x.reshape(-1, x.shape[-1])
-    if x2d.dtype != torch.float32 or x2d.device.type != "cpu":
-        raise ValueError(f"packed weights take fp32 CPU inputs, got {x2d.dtype} on {x2d.device}")
-    return torch.ops.mkldnn._linear_pointwise(x2d.contiguous(), packed, None, "none", [], "").view(*x.shape[:-1], out_features)
-
-
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b.T for 2-D tensors (no autograd through the oneDNN path: for use inside autograd Functions)."""
     return _onednn_mm(a.contiguous(), b.contiguous()) if _use_onednn(a, b) else a @ b.t()

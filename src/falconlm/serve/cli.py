@@ -90,7 +90,6 @@ def _serve(args: ServeCommand, model) -> int:
 
     from falconlm.decoding.engine import Engine
     from falconlm.errors import FalconError
-    from falconlm.model.linear import pack_for_serving
     from falconlm.serve.app import create_app, served_name
     from falconlm.serve.metrics import ServerMetrics
     from falconlm.tokenizer.chat_template import load_chat_template
@@ -98,8 +97,6 @@ def _serve(args: ServeCommand, model) -> int:
 
     tokenizer = FalconTokenizer.load(args.checkpoint)
     limit = model.config.max_position_embeddings
-    if args.tp == 1:  # this process only serves: oneDNN's blocked weight layout, 16-32% faster matmuls over 4-64 rows
-        pack_for_serving(model)
     if args.max_length is not None and not 0 < args.max_length <= limit:
         raise FalconError(f"--max-length must be in 1..{limit} (the model's context), got {args.max_length}")
     metrics = ServerMetrics()
