@@ -559,9 +559,9 @@ def main() -> None:
         report["memory_scaling_mib"] = memory_scaling(a.quick)
     out = Path(a.out if not a.quick else str(a.out).replace(".json", "-quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    from falconlm.atomic import atomic_write_text
+    from falconlm.atomic import atomic_write_json
 
-    atomic_write_text(out, json.dumps(report, indent=1))
+    atomic_write_json(out, report, indent=1)
     print(f"\nwrote {out}")
 
 

@@ -188,7 +188,7 @@ def report(sizes: list[float], runs: dict[float, dict], memory_mb: float) -> dic
     figures = {"time_ratio_wall": runs[hi]["total"]["wall_s"] / runs[lo]["total"]["wall_s"],
                "time_ratio_cpu": runs[hi]["total"]["cpu_s"] / runs[lo]["total"]["cpu_s"],
                "responses_ratio": runs[hi]["responses"] / runs[lo]["responses"]}
-    print(f"\n  totals: " + ", ".join(f"x{s:g} {runs[s]['responses']:,} responses {runs[s]['total']['wall_s']:.1f} s wall / {runs[s]['total']['cpu_s']:.1f} s CPU" for s in sizes))
+    print("\n  totals: " + ", ".join(f"x{s:g} {runs[s]['responses']:,} responses {runs[s]['total']['wall_s']:.1f} s wall / {runs[s]['total']['cpu_s']:.1f} s CPU" for s in sizes))
     for k in ("time_ratio_wall", "time_ratio_cpu"):
         v = figures[k]
         figures[k.replace("ratio", "linear")] = abs(v / ratio - 1) <= 0.15
@@ -232,11 +232,11 @@ def main() -> None:
               "command": " ".join(["python", "benchmarks/bench_scale.py", *sys.argv[1:]]),
               "settings": {"sizes": sizes, "memory_mb": a.memory_mb, "extractor": a.extractor, "workers": 1},
               "runs": {f"x{s:g}": r for s, r in runs.items()}, "figures": figures}
-    from falconlm.atomic import atomic_write_text
+    from falconlm.atomic import atomic_write_json
 
     out = Path(a.out if not a.quick else str(a.out).replace(".json", "-quick.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1))
+    atomic_write_json(out, result, indent=1)
     print(f"\nwrote {out}")
 
 

@@ -462,26 +462,29 @@ class Engine:
         i = self.waiting.index(s)
         del self.waiting[i]
         self.stats["cancelled"] += 1
-        live = [t for t in s.siblings if not t.cancelled]
-        self.stats["cancelled"] += len(s.siblings) - len(live)
-        s.siblings = []
-        if live:
-            live[0].siblings = live[1:]
-            self.waiting.insert(i, live[0])
+        leader = self._next_leader(s)
+        if leader is not None:
+            self.waiting.insert(i, leader)
         self._release(s)
 
     def _retire(self, s: Sequence) -> None:
         """A running sequence is done (finished or cancelled): its blocks go back to the pool (cached ones stay findable)."""
         self._release(s)
         self.active.remove(s)
-        if s.siblings:  # cancelled before its siblings forked: they start over without it
-            live = [t for t in s.siblings if not t.cancelled]
-            self.stats["cancelled"] += len(s.siblings) - len(live)
-            s.siblings = []
-            if live:
-                live[0].siblings = live[1:]
-                with self.cond:
-                    self.waiting.appendleft(live[0])
+        leader = self._next_leader(s)  # cancelled before its siblings forked: they start over without it
+        if leader is not None:
+            with self.cond:
+                self.waiting.appendleft(leader)
+
+    def _next_leader(self, s: Sequence) -> Sequence | None:
+        """Detach the siblings of a sequence that leaves before forking them: the first live one leads the rest (the cancelled are counted)."""
+        live = [t for t in s.siblings if not t.cancelled]
+        self.stats["cancelled"] += len(s.siblings) - len(live)
+        s.siblings = []
+        if not live:
+            return None
+        live[0].siblings = live[1:]
+        return live[0]
 
     # ----- one packed forward pass -----
     def _forward(self, plan: list[tuple[Sequence, int]]) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from falconlm.errors import FalconError
 from falconlm.model.kv_cache import KVCache
+from falconlm.model.paged_cache import PagedLayout
 
 MODES = ("auto", "eager", "static", "graph")
 
@@ -159,8 +160,6 @@ class PagedDecodeStep:
 
     def run(self, tokens: torch.Tensor, positions: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """Final hidden states (B, hidden) of the step, run directly."""
-        from falconlm.model.paged_cache import PagedLayout
-
         bs = self.cache.block_size
         pos = positions[:, 0]
         slots = tables.gather(1, (pos // bs)[:, None])[:, 0] * bs + pos % bs

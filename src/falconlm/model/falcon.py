@@ -291,6 +291,10 @@ class FalconForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Final hidden states (after ln_f), (B, T, hidden)."""
         ctx = self.forward_context(input_ids, attention_mask, position_ids, cache)
+        return self._blocks(input_ids, ctx)
+
+    def _blocks(self, input_ids: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
+        """Embeddings, every block under one forward context, the final LayerNorm."""
         x = self.transformer.word_embeddings(input_ids)
         for layer in self.transformer.h:
             x = layer(x, ctx)
@@ -360,10 +364,7 @@ class FalconForCausalLM(nn.Module):
             ctx.mask = bias.masked_fill(~allowed, torch.finfo(self.dtype).min)
         else:
             ctx.mask = allowed
-        x = self.transformer.word_embeddings(input_ids)
-        for layer in self.transformer.h:
-            x = layer(x, ctx)
-        return self.transformer.ln_f(x)[:, -1]
+        return self._blocks(input_ids, ctx)[:, -1]
 
     def paged_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: PagedKVCache, layout: PagedLayout) -> torch.Tensor:
         """Final hidden states (1, T, hidden) of one packed engine step: every scheduled sequence's new tokens in one row.
@@ -380,10 +381,7 @@ class FalconForCausalLM(nn.Module):
                 ctx.cos, ctx.sin = torch.cat([c for c, _ in tables], dim=2), torch.cat([s for _, s in tables], dim=2)
             else:
                 ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, self.dtype)
-        x = self.transformer.word_embeddings(input_ids)
-        for layer in self.transformer.h:
-            x = layer(x, ctx)
-        return self.transformer.ln_f(x)
+        return self._blocks(input_ids, ctx)
 
     def new_paged_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         """A pool of `num_blocks` KV blocks of `block_size` tokens, of the KV heads this model's attention holds."""

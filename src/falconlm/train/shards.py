@@ -158,7 +158,7 @@ def write_token_shards(
 ) -> ShardIndex:
     """Tokenize corpus files into packed shards + index.json; resumes a killed run from progress.json."""
     from falconlm.data.readers import ReadReport
-    from falconlm.tokenizer.corpus import expand_paths, iter_texts, text_key_hint
+    from falconlm.tokenizer.corpus import expand_paths, text_key_hint
     from falconlm.tokenizer.falcon import FalconTokenizer
 
     if not 0 <= val_fraction < 1:
