@@ -22,7 +22,7 @@ from falconlm.model.falcon import FalconForCausalLM  # noqa: E402
 from falconlm.quant import kernels  # noqa: E402
 from falconlm.quant.gptq import HessianAccumulator, gptq_quantize, hessian_error  # noqa: E402
 from falconlm.quant.gptq_format import from_gptq, to_gptq  # noqa: E402
-from falconlm.quant.linear import QuantLinear  # noqa: E402
+from falconlm.quant.linear import QuantLinear, exact_activations  # noqa: E402
 from falconlm.quant.quantize import quantize_checkpoint  # noqa: E402
 from falconlm.quant.save import quantize_model  # noqa: E402
 from falconlm.quant.spec import QuantSpec  # noqa: E402
@@ -33,21 +33,56 @@ BLOCK_LINEARS = ("self_attention.query_key_value", "self_attention.dense", "mlp.
 # ----------------------------------------------------------------------------- the layer and its kernels
 
 
-@pytest.mark.parametrize("bits,k,group,sym", [(8, 64, 64, True), (8, 96, 32, False), (8, 40, 40, True), (8, 48, 16, True), (4, 128, 32, False), (4, 128, 128, True), (4, 192, 64, True), (4, 96, 32, True), (4, 40, 40, False)])
+def _quantized_input(x: torch.Tensor, act_group: int) -> np.ndarray:
+    """The kernels' input rounding, written from its description: per row and group of act_group
+    values, scale = max|x| / 127 in fp32, integers round-half-even(x / scale) (0 for a zero group)."""
+    xs = x.reshape(-1, x.shape[-1]).numpy().astype(np.float32)
+    out = np.zeros(xs.shape, dtype=np.float64)
+    for r in range(xs.shape[0]):
+        for a in range(0, xs.shape[1], act_group):
+            v = xs[r, a : a + act_group]
+            scale = np.float32(np.abs(v).max()) / np.float32(127)
+            if scale > 0:
+                out[r, a : a + act_group] = np.rint(v / scale).astype(np.float64) * np.float64(scale)
+    return out
+
+
+@pytest.mark.parametrize("bits,k,group,sym,act_group", [(8, 64, 64, True, 64), (8, 96, 32, False, 32), (8, 40, 40, True, 8), (8, 48, 16, True, 16), (8, 36, 36, True, None),
+                                                        (4, 128, 32, False, 32), (4, 128, 128, True, 128), (4, 192, 64, True, 64), (4, 256, -1, True, 128), (4, 40, 40, False, 8), (4, 36, 36, False, None)])
 @pytest.mark.parametrize("rows", [1, 3, 7, 40])
-def test_product_equals_the_dequantized_weight_on_every_shape(bits, k, group, sym, rows):
-    # Widths the kernels do not take (40, 96 for 4 bits) must fall back, never crash or change the result.
+def test_product_matches_an_independent_reference_on_every_shape(bits, k, group, sym, act_group, rows):
+    # 37 outputs (not a multiple of 16), widths that are no multiple of 32, and ones (36) that keep fp32 inputs.
     g = torch.Generator().manual_seed(k + group + rows)
     w = torch.randn(37, k, generator=g) * 0.05
-    layer = QuantLinear.from_float(w, QuantSpec(bits=bits, group_size=-1 if group == k else group, sym=sym), torch.randn(37, generator=g))
+    layer = QuantLinear.from_float(w, QuantSpec(bits=bits, group_size=-1 if group in (k, -1) else group, sym=sym), torch.randn(37, generator=g))
+    assert layer.act_group == act_group
     x = torch.randn(2, rows, k, generator=g)
-    want = x @ layer.dequantize().T + layer.bias
+    x_used = x.reshape(-1, k).double().numpy() if act_group is None else _quantized_input(x, act_group)
+    want = torch.from_numpy(x_used @ layer.dequantize().double().numpy().T).float().view(2, rows, 37) + layer.bias
     got = layer(x)
     assert got.shape == (2, rows, 37)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # With fp32 inputs it is the product with the dequantized weight.
+    torch.testing.assert_close(exact_activations(layer)(x), x @ layer.dequantize().T + layer.bias, rtol=1e-5, atol=1e-5)
     # The stored integers reproduce the weight within half a step of each group.
     step = layer.scales.repeat_interleave(layer.group, dim=1)
     assert bool(((layer.dequantize() - w).abs() <= step * 0.5 + 1e-6).all()) or not sym
+
+
+def test_a_row_gives_the_same_bits_alone_batched_and_on_any_thread_count():
+    g = torch.Generator().manual_seed(5)
+    for spec in (QuantSpec(bits=8), QuantSpec(bits=4, group_size=64)):
+        layer = QuantLinear.from_float(torch.randn(300, 256, generator=g) * 0.05, spec)
+        x = torch.randn(41, 256, generator=g)
+        batched = layer(x)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            for i in (0, 17, 40):
+                assert torch.equal(layer(x[i : i + 1])[0], batched[i])
+                assert torch.equal(layer(x[i : i + 5])[0], batched[i])
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_fallback_path_gives_the_same_products(monkeypatch):
@@ -66,12 +101,17 @@ def test_compiled_kernels_build_and_pass_their_probe():
 
 
 def test_int8_layer_is_within_its_rounding_bound_of_fp32():
-    # Stated tolerance: per-channel int8 moves each product by at most sum_k |x_k| * scale_n / 2.
+    # Stated tolerance: rounding the weights moves each product by at most sum_k |x_k| * scale_n / 2, and
+    # rounding the inputs by at most sum over input groups of (the group's scale / 2) * sum_k |w_nk|.
     g = torch.Generator().manual_seed(3)
     w, x = torch.randn(50, 256, generator=g), torch.randn(4, 256, generator=g)
     layer = QuantLinear.from_float(w, QuantSpec(bits=8))
-    bound = x.abs().sum(1, keepdim=True) * layer.scales[:, 0][None] * 0.5 + 1e-4
-    assert bool(((layer(x) - x @ w.T).abs() <= bound).all())
+    xg = x.view(4, -1, layer.act_group)
+    input_step = (xg.abs().amax(-1) / 127).repeat_interleave(layer.act_group, dim=1)  # (4, 256)
+    bound = x.abs().sum(1, keepdim=True) * layer.scales[:, 0][None] * 0.5 + input_step @ layer.dequantize().abs().T * 0.5 + 1e-4
+    err = (layer(x) - x @ w.T).abs()
+    assert bool((err <= bound).all())
+    assert float(err.max()) > 0.05 * float(bound.min())  # the bound is not vacuous
 
 
 # ----------------------------------------------------------------------------- the GPTQ layout
@@ -120,7 +160,7 @@ def _gptq_checkpoint(src: Path, out: Path, bits: int, group: int, sym: bool, act
 @pytest.mark.parametrize("bits,group,sym,act_order", [(4, 32, True, False), (4, 64, False, True), (8, 32, False, False), (8, 64, True, True)])
 def test_a_gptq_checkpoint_gives_the_logits_of_its_dequantized_weights(tiny_ckpt, tmp_path, bits, group, sym, act_order):
     reference = _gptq_checkpoint(tiny_ckpt, tmp_path / "gptq", bits, group, sym, act_order, seed=bits + group)
-    model = FalconForCausalLM.from_pretrained(tmp_path / "gptq")
+    model = exact_activations(FalconForCausalLM.from_pretrained(tmp_path / "gptq"))  # fp32 inputs: the weights alone are compared
     assert isinstance(model.transformer.h[0].mlp.dense_h_to_4h, QuantLinear)
     ids = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(bits + group))  # not the global stream: the same ids whatever ran before
     with torch.no_grad():

@@ -1,24 +1,34 @@
-// Weight-only int8 / int4 matmuls for CPU, fp32 activations and fp32 accumulation.
+// CPU int8 / int4 matmuls for the quantized linear layers and the LM-head screen.
 //
-// Why these exist: on the Xeon (AVX-512, AMX) we develop on, PyTorch 2.13's own weight-only CPU
-// kernels run a batch-1 product slower than the fp32 one they replace: torch._weight_int8pack_mm
-// streams 1.8 GB/s of int8 weights and torch._weight_int4pack_mm_for_cpu 0.33 GB/s of int4
-// weights, against 22 GB/s of fp32 weights for oneDNN (benchmarks/bench_quant.py --kernels).
-// Batch-1 decode is bound by the bytes it reads, so a quantized model is only faster if the
-// kernel streams its narrower weights at about the rate fp32 streams.
+// qa8_mm, the quantized layers' product (int8 and int4 weights, any number of rows): the input is
+// quantized on the fly to int8 in groups of `act_group` consecutive values per row (one fp32 scale
+// each, round to nearest, as llama.cpp's Q8_0 does for its dot products), and each group's integer
+// dot products run on AVX512-VNNI (vpdpbusd: 64 byte products per instruction) with exact int32
+// sums. So it computes y = x_hat W^T where x_hat is the quantized input and W the dequantized
+// weight; the only fp32 rounding is in folding the groups' exact sums, in a fixed order per output,
+// so a row's result does not depend on the other rows of the batch or on the thread count.
+// Why: PyTorch 2.13's weight-only CPU kernels stream 1.8 GB/s (int8) and 0.33 GB/s (int4) against
+// 22 GB/s for oneDNN's fp32 one, and a weight-only kernel that converts every weight to fp32 is
+// compute-bound past a few rows; integer products are bound by memory at 16 rows and about 3x
+// faster than the fp32 GEMM at 256 (benchmarks/bench_quant.py --kernels).
 //
-// Layout (the model's in-memory form; the GPTQ on-disk form is converted at load time):
-//   q8: uint8 [N, K], the stored integer of each weight.
-//   q4: uint8 [N, K/2]; each 32-byte chunk holds 64 consecutive weights of a row, byte j holding
-//       weight j in its low nibble and weight j + 32 in its high nibble, so one load and two
-//       masks give two runs of 32 consecutive weights.
-//   w[n, k] = s[n, g] * q[n, k] - sz[n, g] with g = k / group and sz = s * zero,
-// so y[m, n] = sum_g s[n, g] * (x[m, g-block] . q[n, g-block]) - sum_g sz[n, g] * xsum[m, g].
+// Layout (in memory; the GPTQ on-disk form converts to and from it), N padded to Np = 16 * tiles:
+//   int8: uint8 [tiles][K/4][16][4]: a 64-byte vector holds 4 consecutive weights of 16 outputs.
+//   int4: uint8 [tiles][K/8][16][4]: the low nibbles are weights k..k+3 and the high nibbles
+//         k+4..k+7 of the same 16 outputs (two VNNI vectors from one load and two masks).
+//   scales: fp32 [G][Np]; zeros: int16 [G][Np] (integer zero points; GPTQ v1 files can hold 2^bits), and
+//   W[n, k] = scales[g, n] * (q[n, k] - zeros[g, n]), g = k / group, G = K / group.
+// The zero point is taken out exactly in integers: sum (q - z) * xq = sum q * xq - z * sum xq.
+//
+// q8_mm, the LM-head screen's int8 product: fp32 input against uint8 [N, K] rows with group
+// scales, w[n, k] = s[n, g] * q[n, k] - sz[n, g], so y = sum_g s * (x . q) - sum_g sz * xsum.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -29,7 +39,7 @@
 
 namespace {
 
-// Rows of the output each parallel task takes: enough to amortise the task, few enough to balance.
+// Rows of the output each parallel task takes in q8_mm: enough to amortise the task, few enough to balance.
 constexpr int64_t kGrain = 16;
 // Rows ahead whose weights are prefetched while one row is computed: DRAM latency is the limit at batch 1.
 constexpr int64_t kPrefetchRows = 8;
@@ -40,6 +50,187 @@ inline float zero_term(const float* sz, const float* xsum, int64_t G) {
   return t;
 }
 
+
+// ----------------------------------------------------------------------------- qa8_mm
+
+// One row's input quantized group by group: xq = round(x / sx) with sx = max|x| / 127 (0 for an
+// all-zero group), and the integer sum of each group's xq for the zero-point term.
+void quantize_row(const float* x, int64_t K, int64_t ag, int8_t* xq, float* sx, int32_t* xsum) {
+  for (int64_t a = 0; a < K / ag; ++a) {
+    const float* xa = x + a * ag;
+    float amax = 0.f;
+    for (int64_t k = 0; k < ag; ++k) amax = std::max(amax, std::fabs(xa[k]));
+    const float scale = amax / 127.f;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < ag; ++k) {
+      const int32_t v = scale > 0.f ? static_cast<int32_t>(std::nearbyint(xa[k] / scale)) : 0;
+      xq[a * ag + k] = static_cast<int8_t>(std::min(127, std::max(-127, v)));
+      sum += xq[a * ag + k];
+    }
+    sx[a] = scale;
+    xsum[a] = sum;
+  }
+}
+
+struct A8Problem {
+  const int8_t* xq;     // (M, K) quantized input
+  const float* sx;      // (M, Ga) its group scales
+  const int32_t* xsum;  // (M, Ga) its group sums
+  const uint8_t* q;     // packed weights
+  const float* st;      // (G, Np)
+  const int16_t* zt;    // (G, Np)
+  float* y;             // (M, N)
+  int64_t M, K, N, Np, group, ag, bits;
+  int64_t tile_bytes() const { return bits == 8 ? K * 16 : K * 8; }
+};
+
+#if defined(FALCONLM_AVX512) && defined(__AVX512VNNI__)
+#define FALCONLM_VNNI 1
+// MT rows of the input against NT tiles of 16 outputs, starting at row m0 and tile t0.
+template <int BITS, int MT, int NT>
+void a8_tile(const A8Problem& p, int64_t m0, int64_t t0) {
+  const int64_t K = p.K, Ga = K / p.ag;
+  const uint8_t* w[NT];
+  for (int j = 0; j < NT; ++j) w[j] = p.q + (t0 + j) * p.tile_bytes();
+  __m512 tot[MT][NT];
+  for (int m = 0; m < MT; ++m)
+    for (int j = 0; j < NT; ++j) tot[m][j] = _mm512_setzero_ps();
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  for (int64_t a = 0; a < Ga; ++a) {
+    __m512i acc[MT][NT];
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_setzero_si512();
+    if (BITS == 8) {
+      for (int64_t c = a * p.ag / 4; c < (a + 1) * p.ag / 4; ++c) {
+        __m512i wv[NT];
+        for (int j = 0; j < NT; ++j) wv[j] = _mm512_loadu_si512(w[j] + c * 64);
+        for (int m = 0; m < MT; ++m) {
+          int32_t xi;
+          std::memcpy(&xi, p.xq + (m0 + m) * K + 4 * c, 4);
+          const __m512i xb = _mm512_set1_epi32(xi);
+          for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], wv[j], xb);
+        }
+      }
+    } else {
+      for (int64_t c = a * p.ag / 8; c < (a + 1) * p.ag / 8; ++c) {
+        __m512i lo[NT], hi[NT];
+        for (int j = 0; j < NT; ++j) {
+          const __m512i b = _mm512_loadu_si512(w[j] + c * 64);
+          lo[j] = _mm512_and_si512(b, nib);
+          hi[j] = _mm512_and_si512(_mm512_srli_epi16(b, 4), nib);
+        }
+        for (int m = 0; m < MT; ++m) {
+          int32_t x0, x1;
+          std::memcpy(&x0, p.xq + (m0 + m) * K + 8 * c, 4);
+          std::memcpy(&x1, p.xq + (m0 + m) * K + 8 * c + 4, 4);
+          const __m512i b0 = _mm512_set1_epi32(x0), b1 = _mm512_set1_epi32(x1);
+          for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[m][j], lo[j], b0), hi[j], b1);
+        }
+      }
+    }
+    // Fold the group: tot += (acc - z * xsum) * (s * sx), in the same order for every row and tile.
+    const int64_t g = a * p.ag / p.group;
+    __m512 sv[NT];
+    __m512i zv[NT];
+    for (int j = 0; j < NT; ++j) {
+      sv[j] = _mm512_loadu_ps(p.st + g * p.Np + (t0 + j) * 16);
+      zv[j] = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zt + g * p.Np + (t0 + j) * 16)));
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m512i xs = _mm512_set1_epi32(p.xsum[(m0 + m) * Ga + a]);
+      const __m512 sxm = _mm512_set1_ps(p.sx[(m0 + m) * Ga + a]);
+      for (int j = 0; j < NT; ++j) {
+        const __m512i exact = _mm512_sub_epi32(acc[m][j], _mm512_mullo_epi32(zv[j], xs));
+        tot[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(sv[j], sxm), tot[m][j]);
+      }
+    }
+  }
+  for (int j = 0; j < NT; ++j) {
+    const int64_t n0 = (t0 + j) * 16, left = std::min<int64_t>(16, p.N - n0);
+    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, tot[m][j]);
+  }
+}
+
+template <int BITS, int NT>
+void a8_rows(const A8Problem& p, int64_t t0) {
+  constexpr int MT = 4;
+  int64_t m = 0;
+  for (; m + MT <= p.M; m += MT) a8_tile<BITS, MT, NT>(p, m, t0);
+  switch (p.M - m) {
+    case 3: a8_tile<BITS, 3, NT>(p, m, t0); break;
+    case 2: a8_tile<BITS, 2, NT>(p, m, t0); break;
+    case 1: a8_tile<BITS, 1, NT>(p, m, t0); break;
+    default: break;
+  }
+}
+#endif
+
+// The same arithmetic one product at a time, for CPUs without AVX512-VNNI: identical results.
+inline uint8_t packed_at(const A8Problem& p, int64_t n, int64_t k) {
+  const uint8_t* tile = p.q + (n / 16) * p.tile_bytes();
+  const int64_t lane = n % 16;
+  if (p.bits == 8) return tile[(k / 4) * 64 + lane * 4 + k % 4];
+  const uint8_t b = tile[(k / 8) * 64 + lane * 4 + k % 4];
+  return (k % 8) < 4 ? (b & 0x0F) : (b >> 4);
+}
+
+void a8_portable(const A8Problem& p, int64_t t0) {
+  const int64_t Ga = p.K / p.ag;
+  for (int64_t m = 0; m < p.M; ++m) {
+    for (int64_t n = t0 * 16; n < std::min(p.N, (t0 + 1) * 16); ++n) {
+      float tot = 0.f;
+      for (int64_t a = 0; a < Ga; ++a) {
+        int32_t acc = 0;
+        for (int64_t k = a * p.ag; k < (a + 1) * p.ag; ++k) acc += static_cast<int32_t>(packed_at(p, n, k)) * p.xq[m * p.K + k];
+        const int64_t g = a * p.ag / p.group;
+        const int32_t exact = acc - static_cast<int32_t>(p.zt[g * p.Np + n]) * p.xsum[m * Ga + a];
+        tot = std::fma(static_cast<float>(exact), p.st[g * p.Np + n] * p.sx[m * Ga + a], tot);
+      }
+      p.y[m * p.N + n] = tot;
+    }
+  }
+}
+
+at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st, const at::Tensor& zt, int64_t bits, int64_t group, int64_t act_group, int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous fp32 (M, K)");
+  TORCH_CHECK(bits == 8 || bits == 4, "bits must be 8 or 4");
+  const int64_t M = x.size(0), K = x.size(1), Np = st.size(1);
+  TORCH_CHECK(K % 8 == 0 && act_group % 8 == 0 && group % act_group == 0 && K % group == 0, "unsupported group sizes for this layout");
+  TORCH_CHECK(Np % 16 == 0 && N <= Np && N > Np - 16, "scales must be (K / group, N rounded up to 16)");
+  TORCH_CHECK(q.scalar_type() == at::kByte && q.is_contiguous() && q.numel() == Np * K * bits / 8, "packed weights do not match the input width");
+  TORCH_CHECK(st.scalar_type() == at::kFloat && st.is_contiguous() && st.size(0) == K / group, "scales must be contiguous fp32 (K / group, Np)");
+  TORCH_CHECK(zt.scalar_type() == at::kShort && zt.is_contiguous() && zt.sizes() == st.sizes(), "zeros must be contiguous int16 shaped like the scales");
+  const int64_t Ga = K / act_group;
+  auto y = at::empty({M, N}, x.options());
+  auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto sx = at::empty({M, Ga}, x.options());
+  auto xsum = at::empty({M, Ga}, x.options().dtype(at::kInt));
+  const float* X = x.data_ptr<float>();
+  at::parallel_for(0, M, 4, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      quantize_row(X + m * K, K, act_group, xq.data_ptr<int8_t>() + m * K, sx.data_ptr<float>() + m * Ga, xsum.data_ptr<int32_t>() + m * Ga);
+  });
+  const A8Problem p{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), xsum.data_ptr<int32_t>(), q.data_ptr<uint8_t>(), st.data_ptr<float>(),
+                    zt.data_ptr<int16_t>(), y.data_ptr<float>(), M, K, N, Np, group, act_group, bits};
+  const int64_t tiles = Np / 16, pairs = (tiles + 1) / 2;
+  at::parallel_for(0, pairs, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t pr = p0; pr < p1; ++pr) {
+      const int64_t t0 = 2 * pr;
+#ifdef FALCONLM_VNNI
+      const bool two = t0 + 1 < tiles;
+      if (bits == 8) two ? a8_rows<8, 2>(p, t0) : a8_rows<8, 1>(p, t0);
+      else two ? a8_rows<4, 2>(p, t0) : a8_rows<4, 1>(p, t0);
+#else
+      a8_portable(p, t0);
+      if (t0 + 1 < tiles) a8_portable(p, t0 + 1);
+#endif
+    }
+  });
+  return y;
+}
+
+// ----------------------------------------------------------------------------- q8_mm
 #ifdef FALCONLM_AVX512
 inline __m512 load_u8x16(const uint8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -95,86 +286,32 @@ void q8_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t gr
   for (int m = 0; m < MT; ++m) y[m * ldy] = _mm512_reduce_add_ps(tot[m]) - zero_term(sz, xsum + m * G, G);
 }
 
-// MT rows of x against one row of q4 (chunks of 64 weights in 32 bytes).
-template <int MT>
-void q4_row(const float* x, int64_t ldx, const uint8_t* q, int64_t K, int64_t group, const float* s, const float* sz,
-            const float* xsum, int64_t G, float* y, int64_t ldy) {
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  __m512 tot[MT];
-  for (int m = 0; m < MT; ++m) tot[m] = _mm512_setzero_ps();
-  if (group == 32) {
-    // Each chunk spans two groups: the low nibbles are group 2c, the high nibbles group 2c + 1.
-    for (int64_t k = 0; k < K; k += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(q + k / 2 + kPrefetchRows * K / 2), _MM_HINT_T0);
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k / 2));
-      const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
-      const __m512 w0 = u8x16(_mm256_castsi256_si128(lo)), w1 = u8x16(_mm256_extracti128_si256(lo, 1));
-      const __m512 w2 = u8x16(_mm256_castsi256_si128(hi)), w3 = u8x16(_mm256_extracti128_si256(hi, 1));
-      const __m512 s0 = _mm512_set1_ps(s[k / 32]), s1 = _mm512_set1_ps(s[k / 32 + 1]);
-      for (int m = 0; m < MT; ++m) {
-        const float* xm = x + m * ldx + k;
-        const __m512 plo = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 16), w1, _mm512_mul_ps(_mm512_loadu_ps(xm), w0));
-        const __m512 phi = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 48), w3, _mm512_mul_ps(_mm512_loadu_ps(xm + 32), w2));
-        tot[m] = _mm512_fmadd_ps(phi, s1, _mm512_fmadd_ps(plo, s0, tot[m]));
-      }
-    }
-  } else {
-    __m512 a[MT][4];  // the current group's partial sums (fold_group resets them)
-    for (int m = 0; m < MT; ++m)
-      for (int u = 0; u < 4; ++u) a[m][u] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t k = g * group; k < (g + 1) * group; k += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(q + k / 2 + kPrefetchRows * K / 2), _MM_HINT_T0);
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + k / 2));
-        const __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
-        const __m512 w0 = u8x16(_mm256_castsi256_si128(lo)), w1 = u8x16(_mm256_extracti128_si256(lo, 1));
-        const __m512 w2 = u8x16(_mm256_castsi256_si128(hi)), w3 = u8x16(_mm256_extracti128_si256(hi, 1));
-        fma64<MT>(a, x + k, ldx, w0, w1, w2, w3);
-      }
-      fold_group<MT>(a, s[g], tot);
-    }
-  }
-  for (int m = 0; m < MT; ++m) y[m * ldy] = _mm512_reduce_add_ps(tot[m]) - zero_term(sz, xsum + m * G, G);
-}
 #endif  // FALCONLM_AVX512
 
-// Portable versions: the same arithmetic one weight at a time (the compiler vectorises what it can).
-inline uint8_t q4_at(const uint8_t* q, int64_t k) {
-  const uint8_t b = q[(k / 64) * 32 + (k % 32)];
-  return (k % 64) < 32 ? (b & 0x0F) : (b >> 4);
-}
-
-template <int BITS>
-void row_portable(const float* x, int64_t ldx, int64_t M, const uint8_t* q, int64_t K, int64_t group, const float* s,
-                  const float* sz, const float* xsum, int64_t G, float* y, int64_t ldy) {
+// Portable q8_mm: the same arithmetic one weight at a time (the compiler vectorises what it can).
+void q8_row_portable(const float* x, int64_t ldx, int64_t M, const uint8_t* q, int64_t group, const float* s,
+                     const float* sz, const float* xsum, int64_t G, float* y, int64_t ldy) {
   for (int64_t m = 0; m < M; ++m) {
     const float* xm = x + m * ldx;
     float tot = 0.f;
     for (int64_t g = 0; g < G; ++g) {
       float d = 0.f;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) d += xm[k] * static_cast<float>(BITS == 8 ? q[k] : q4_at(q, k));
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) d += xm[k] * static_cast<float>(q[k]);
       tot += s[g] * d;
     }
     y[m * ldy] = tot - zero_term(sz, xsum + m * G, G);
   }
 }
 
-void check(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s, const at::Tensor& sz, int64_t group, int64_t bits) {
+at::Tensor q8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s, const at::Tensor& sz, int64_t group) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous fp32 (M, K)");
   TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kByte && q.is_contiguous(), "q must be contiguous uint8");
-  const int64_t K = x.size(1), N = q.size(0);
-  TORCH_CHECK(q.size(1) * (8 / bits) == K, "q does not match the input width");
-  TORCH_CHECK(group > 0 && K % group == 0, "the group size must divide the input width");
-  TORCH_CHECK(bits == 8 ? group % 16 == 0 : (K % 64 == 0 && (group == 32 || group % 64 == 0)), "unsupported group size for this layout");
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(q.size(1) == K, "q does not match the input width");
+  TORCH_CHECK(group > 0 && K % group == 0 && group % 16 == 0, "unsupported group size");
   const int64_t G = K / group;
   TORCH_CHECK(s.scalar_type() == at::kFloat && sz.scalar_type() == at::kFloat && s.is_contiguous() && sz.is_contiguous(), "scales must be contiguous fp32");
   TORCH_CHECK(s.size(0) == N && s.size(1) == G && sz.size(0) == N && sz.size(1) == G, "scales must be (N, K / group)");
-}
-
-template <int BITS>
-at::Tensor qmm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s, const at::Tensor& sz, int64_t group) {
-  check(x, q, s, sz, group, BITS);
-  const int64_t M = x.size(0), K = x.size(1), N = q.size(0), G = K / group, row_bytes = q.size(1);
   auto y = at::empty({M, N}, x.options());
   const auto xsum = x.view({M, G, group}).sum(-1).contiguous();
   const float* X = x.data_ptr<float>();
@@ -185,64 +322,22 @@ at::Tensor qmm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s, co
   float* Y = y.data_ptr<float>();
   at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* qn = Q + n * row_bytes;
+      const uint8_t* qn = Q + n * K;
       const float *sn = S + n * G, *szn = SZ + n * G;
 #ifdef FALCONLM_AVX512
       int64_t m = 0;
-      for (; m + 4 <= M; m += 4) {
-        if (BITS == 8) q8_row<4>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
-        else q4_row<4>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
-      }
-      for (; m < M; ++m) {
-        if (BITS == 8) q8_row<1>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
-        else q4_row<1>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
-      }
+      for (; m + 4 <= M; m += 4) q8_row<4>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
+      for (; m < M; ++m) q8_row<1>(X + m * K, K, qn, K, group, sn, szn, XS + m * G, G, Y + m * N + n, N);
 #else
-      row_portable<BITS>(X, K, M, qn, K, group, sn, szn, XS, G, Y + n, N);
+      q8_row_portable(X, K, M, qn, group, sn, szn, XS, G, Y + n, N);
 #endif
     }
   });
   return y;
 }
 
-// fp32 weights of rows [n0, n0 + rows): the prefill path dequantizes a block and hands it to a GEMM.
-template <int BITS>
-at::Tensor dequantize_rows(const at::Tensor& q, const at::Tensor& s, const at::Tensor& sz, int64_t group, int64_t n0, int64_t rows) {
-  const int64_t K = q.size(1) * (8 / BITS), G = K / group, row_bytes = q.size(1);
-  TORCH_CHECK(n0 >= 0 && rows >= 0 && n0 + rows <= q.size(0), "row range out of bounds");
-  TORCH_CHECK(group > 0 && K % group == 0 && (BITS == 8 || (K % 64 == 0 && group % 32 == 0)), "unsupported group size for this layout");
-  auto w = at::empty({rows, K}, s.options());
-  const uint8_t* Q = q.data_ptr<uint8_t>();
-  const float* S = s.data_ptr<float>();
-  const float* SZ = sz.data_ptr<float>();
-  float* W = w.data_ptr<float>();
-  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = n0 + r;
-      const uint8_t* qn = Q + n * row_bytes;
-      float* wr = W + r * K;
-      if (BITS == 8) {
-        for (int64_t g = 0; g < G; ++g) {
-          const float sg = S[n * G + g], zg = SZ[n * G + g];
-          for (int64_t k = g * group; k < (g + 1) * group; ++k) wr[k] = sg * static_cast<float>(qn[k]) - zg;
-        }
-      } else {
-        // Chunk by chunk (64 weights in 32 bytes), so the inner loops are plain and vectorise.
-        for (int64_t c = 0; c < K; c += 64) {
-          const uint8_t* qc = qn + c / 2;
-          const float s0 = S[n * G + c / group], z0 = SZ[n * G + c / group];
-          const float s1 = S[n * G + (c + 32) / group], z1 = SZ[n * G + (c + 32) / group];
-          for (int64_t j = 0; j < 32; ++j) wr[c + j] = s0 * static_cast<float>(qc[j] & 0x0F) - z0;
-          for (int64_t j = 0; j < 32; ++j) wr[c + 32 + j] = s1 * static_cast<float>(qc[j] >> 4) - z1;
-        }
-      }
-    }
-  });
-  return w;
-}
-
-bool has_avx512() {
-#ifdef FALCONLM_AVX512
+bool has_vnni() {
+#ifdef FALCONLM_VNNI
   return true;
 #else
   return false;
@@ -252,9 +347,7 @@ bool has_avx512() {
 }  // namespace
 
 TORCH_LIBRARY(falconlm_quant, m) {
-  m.def("q8_mm(Tensor x, Tensor q, Tensor s, Tensor sz, int group) -> Tensor", qmm<8>);
-  m.def("q4_mm(Tensor x, Tensor q, Tensor s, Tensor sz, int group) -> Tensor", qmm<4>);
-  m.def("q8_dequantize(Tensor q, Tensor s, Tensor sz, int group, int n0, int rows) -> Tensor", dequantize_rows<8>);
-  m.def("q4_dequantize(Tensor q, Tensor s, Tensor sz, int group, int n0, int rows) -> Tensor", dequantize_rows<4>);
-  m.def("vectorized() -> bool", has_avx512);
+  m.def("qa8_mm(Tensor x, Tensor q, Tensor scales, Tensor zeros, int bits, int group, int act_group, int N) -> Tensor", qa8_mm);
+  m.def("q8_mm(Tensor x, Tensor q, Tensor s, Tensor sz, int group) -> Tensor", q8_mm);
+  m.def("vectorized() -> bool", has_vnni);
 }

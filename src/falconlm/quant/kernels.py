@@ -63,38 +63,67 @@ def available() -> bool:
 
 
 def vectorized() -> bool:
-    """Whether the loaded build uses AVX-512 (else its portable loops)."""
+    """Whether the loaded build uses AVX512-VNNI (else its portable loops, with the same results)."""
     return available() and bool(torch.ops.falconlm_quant.vectorized())
 
 
 def _probe() -> bool:
     g = torch.Generator().manual_seed(0)
-    for bits, k, group in ((8, 96, 32), (8, 128, 128), (4, 128, 32), (4, 256, 128), (4, 128, 64)):
-        n, m = 37, 5
+    for bits, k, n, group, act_group in ((8, 96, 37, 96, 32), (8, 128, 16, 64, 64), (4, 128, 37, 32, 32), (4, 256, 40, 128, 128), (4, 64, 5, 64, 16)):
+        m = 5
         values = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.uint8)
         scales = torch.rand(n, k // group, generator=g) / 50
-        sz = scales * torch.randint(0, 2**bits, (n, k // group), generator=g).float()
+        zeros = torch.randint(0, 2**bits + 1, (n, k // group), generator=g).to(torch.int16)
         x = torch.randn(m, k, generator=g)
-        want = x @ (values.float().view(n, -1, group) * scales[..., None] - sz[..., None]).view(n, k).T
-        q = values if bits == 8 else pack_nibbles(values)
-        got = getattr(torch.ops.falconlm_quant, f"q{bits}_mm")(x, q, scales, sz, group)
-        deq = getattr(torch.ops.falconlm_quant, f"q{bits}_dequantize")(q, scales, sz, group, 0, n)
+        w = (values.float().view(n, -1, group) - zeros.float()[..., None]) * scales[..., None]
+        want = quantize_activations(x, act_group) @ w.view(n, k).T
+        st, zt = pad_columns(scales.T, 16), pad_columns(zeros.T, 16)
+        got = torch.ops.falconlm_quant.qa8_mm(x, pack_vnni(values, bits), st.contiguous(), zt.contiguous(), bits, group, act_group, n)
         scale = want.abs().max().clamp_min(1e-6)
-        if not (torch.isfinite(got).all() and ((got - want).abs() <= _PROBE_TOLERANCE * scale).all() and torch.allclose(x @ deq.T, want, rtol=1e-4, atol=1e-4 * float(scale))):
+        if not (torch.isfinite(got).all() and ((got - want).abs() <= _PROBE_TOLERANCE * scale).all()):
             warnings.warn("falconlm: the int8/int4 CPU kernels disagree with the reference on a probe; quantized layers use the dequantize-and-matmul path", stacklevel=2)
             return False
     return True
 
 
-def pack_nibbles(values: torch.Tensor) -> torch.Tensor:
-    """uint8 values < 16, (N, K) with K % 64 == 0 -> the kernel's (N, K/2) layout (64 weights per 32 bytes)."""
+def quantize_activations(x: torch.Tensor, act_group: int) -> torch.Tensor:
+    """x (M, K) rounded as the kernels round it: int8 in groups of act_group values, scale max|x| / 127."""
+    m, k = x.shape
+    xg = x.float().view(m, k // act_group, act_group)
+    scale = xg.abs().amax(dim=-1, keepdim=True) / 127.0
+    q = torch.where(scale > 0, torch.round(xg / torch.where(scale > 0, scale, 1.0)), 0.0).clamp_(-127, 127)
+    return (q * scale).view(m, k)
+
+
+def pad_columns(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """t (..., N) with zero columns added up to a multiple of `multiple`."""
+    extra = -t.shape[-1] % multiple
+    return t if extra == 0 else torch.cat([t, t.new_zeros(*t.shape[:-1], extra)], dim=-1)
+
+
+def pack_vnni(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 integers (N, K), K % 8 == 0 -> the qa8_mm layout (tiles, 16 * K * bits / 8), N padded to 16."""
     n, k = values.shape
-    v = values.view(n, k // 64, 2, 32)
-    return (v[:, :, 0] | (v[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+    v = pad_columns(values.T, 16).T.contiguous()  # (Np, K)
+    tiles = v.shape[0] // 16
+    if bits == 8:  # [tile][K/4][16 outputs][4 weights]
+        return v.view(tiles, 16, k // 4, 4).permute(0, 2, 1, 3).reshape(tiles, -1).contiguous()
+    # [tile][K/8][16 outputs][4 bytes]: weights k..k+3 in the low nibbles, k+4..k+7 in the high ones
+    b = v.view(tiles, 16, k // 8, 2, 4).permute(0, 2, 3, 1, 4)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(tiles, -1).contiguous()
 
 
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of pack_nibbles: (N, K/2) -> uint8 (N, K)."""
-    n = packed.shape[0]
-    b = packed.view(n, -1, 32)
-    return torch.stack((b & 15, b >> 4), dim=2).reshape(n, -1)
+def unpack_vnni(packed: torch.Tensor, bits: int, n: int, k: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of pack_vnni: the uint8 integers (n, k), or only the output rows `rows` (L,) as (L, k)."""
+    tiles = packed.shape[0]
+    if bits == 8:
+        t = packed.view(tiles, k // 4, 16, 4)
+        if rows is not None:
+            return t[rows // 16, :, rows % 16].reshape(-1, k)
+        return t.permute(0, 2, 1, 3).reshape(tiles * 16, k)[:n]
+    t = packed.view(tiles, k // 8, 16, 4)
+    if rows is not None:
+        b = t[rows // 16, :, rows % 16]  # (L, K/8, 4)
+        return torch.stack((b & 15, b >> 4), dim=-2).reshape(-1, k)
+    b = torch.stack((t & 15, t >> 4), dim=2)  # (tiles, K/8, 2, 16, 4)
+    return b.permute(0, 3, 1, 2, 4).reshape(tiles * 16, k)[:n]

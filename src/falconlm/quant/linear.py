@@ -1,15 +1,21 @@
 """QuantLinear: a Falcon linear layer whose weight is stored as 8- or 4-bit integers with group scales.
 
-In memory a weight is `q` (uint8 integers; 4-bit ones two to a byte in the CPU kernel's layout),
-`scales` and `zeros` of shape (out, groups) and, for act-order checkpoints, `perm`, the column
-order that makes every group contiguous (the input is gathered by it). The weight it stands for is
+The weight it stands for, with `perm` the column order of an act-order checkpoint (the input is
+gathered by it so that every group is contiguous), is
     W[:, perm][n, k] = scales[n, k // group] * (q[n, k] - zeros[n, k // group]).
 The GPTQ on-disk tensors (qweight, qzeros, scales, g_idx) convert to and from this form exactly.
+In memory the integers are in the compiled kernel's layout (falconlm.quant.kernels.pack_vnni) with
+the scales and integer zero points stored group-major, (groups, outputs padded to 16).
 
-Products run on the compiled CPU kernels for small batches (decode), on a block-wise dequantize
-then the fp32 GEMM for large ones (prefill, which is compute-bound), and on a dequantize-and-matmul
-reference wherever a kernel's preconditions fail; on CUDA, int4 uses torch._weight_int4pack_mm and
-int8 a dequantize-and-matmul.
+On CPU the input of a layer is quantized on the fly to int8 in groups of `act_group` values along
+the width (one scale per group and row, as llama.cpp's Q8_0 does), and the product is integer dot
+products on AVX512-VNNI: y = x_hat W^T, with exact integer sums folded in a fixed order, so a
+row's output does not depend on the rows it is batched with or the thread count. The portable
+build gives the same bits; where the kernels cannot be built a dequantize-and-matmul computes the
+same product up to fp32 rounding. `exact_activations`
+switches a model to fp32 inputs (a dequantize-and-matmul: slower, for checking a checkpoint
+against its dequantized weights). Widths that are not a multiple of 8 keep fp32 inputs. On CUDA,
+int4 uses torch._weight_int4pack_mm (bf16 inputs) and int8 a dequantize-and-matmul.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from falconlm.model.linear import linear
 from falconlm.quant import kernels
 from falconlm.quant.spec import QuantSpec
 
-# Rows of input up to which the weight-streaming kernel beats dequantize + fp32 GEMM with the weights
-# coming from memory (3,072 x 768 layers, one thread: 16 rows 7.7 ms vs 14.6 ms, 32 rows 18.8 vs 18.3).
-GEMV_MAX_ROWS = 24
-# Output rows dequantized at a time on the GEMM path: bounds the fp32 copy (this many x K floats).
+# Input values per int8 scale, the largest that divides the weight group: 128 costs the kernel 6%
+# over no groups at all, and llama.cpp's Q8_0 uses 32 (held-out perplexity: tests/quant).
+ACT_GROUPS = (128, 64, 32, 16, 8)
+# Output rows dequantized at a time on the reference path: bounds the fp32 copy (this many x K floats).
 DEQUANT_BLOCK_ROWS = 4096
 
 
@@ -57,32 +63,30 @@ def quantize_columns(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, m
 
 
 class QuantLinear(nn.Module):
-    """y = x W^T (+ bias) with W held as integers, group scales and zero points."""
+    """y = x W^T (+ bias) with W held as integers, group scales and integer zero points."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group: int, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None = None, perm: torch.Tensor | None = None):
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group: int, bias: torch.Tensor | None = None, perm: torch.Tensor | None = None):
         super().__init__()
-        self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
-        self.packed = bits == 4 and in_features % 64 == 0  # else 4-bit integers are kept one per byte
-        self.register_buffer("q", q)
-        self.register_buffer("scales", scales.float().contiguous())
-        self.register_buffer("zeros", zeros.float().contiguous())
-        self.register_buffer("sz", (self.scales * self.zeros).contiguous())
+        n, k = values.shape
+        if k % group or scales.shape != (n, k // group) or zeros.shape != scales.shape:
+            raise FalconError(f"quantized weight of shape {(n, k)} does not match scales {tuple(scales.shape)} / zeros {tuple(zeros.shape)} for group size {group}")
+        self.in_features, self.out_features, self.bits, self.group = k, n, bits, group
+        self.packed = k % 8 == 0  # the kernel's layout; other widths keep one integer per byte, row by row
+        values = values.to(torch.uint8).contiguous()
+        self.register_buffer("q", kernels.pack_vnni(values, bits) if self.packed else values)
+        self.register_buffer("scale_t", kernels.pad_columns(scales.float().T, 16).contiguous())
+        self.register_buffer("zero_t", kernels.pad_columns(zeros.round().to(torch.int16).T, 16).contiguous())
         self.register_buffer("perm", perm)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.act_group: int | None = next((a for a in ACT_GROUPS if group % a == 0), None) if self.packed else None
         self._cuda_pack: tuple | None = None
-        self._fast: bool | None = None  # whether the compiled CPU kernels take this layer (set on first use)
-        self._ops: tuple = ()  # (matmul, dequantize) kernels for this bit width, looked up with _fast
+        self._fast: bool | None = None  # whether the compiled kernel takes this layer (set on first use)
 
     # ----- building -----
     @classmethod
     def from_ints(cls, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group: int, bias: torch.Tensor | None = None, perm: torch.Tensor | None = None) -> "QuantLinear":
         """From stored integers (out, in) in the column order of `perm` (or natural), scales/zeros (out, groups)."""
-        n, k = values.shape
-        if k % group or scales.shape != (n, k // group) or zeros.shape != scales.shape:
-            raise FalconError(f"quantized weight of shape {(n, k)} does not match scales {tuple(scales.shape)} / zeros {tuple(zeros.shape)} for group size {group}")
-        values = values.to(torch.uint8).contiguous()
-        q = kernels.pack_nibbles(values) if bits == 4 and k % 64 == 0 else values
-        return cls(k, n, bits, group, q, scales, zeros, bias, perm)
+        return cls(values, scales, zeros, bits, group, bias, perm)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, spec: QuantSpec, bias: torch.Tensor | None = None) -> "QuantLinear":
@@ -94,12 +98,24 @@ class QuantLinear(nn.Module):
         w = weight.detach().float().reshape(n * (k // group), group)
         scale, zero = rtn_params(w, spec)
         values = quantize_columns(w, scale, zero, spec.maxq).reshape(n, k)
-        return cls.from_ints(values, scale.view(n, -1), zero.view(n, -1), spec.bits, group, None if bias is None else bias.detach())
+        return cls(values, scale.view(n, -1), zero.view(n, -1), spec.bits, group, None if bias is None else bias.detach())
 
     # ----- reading back -----
-    def values(self) -> torch.Tensor:
-        """The stored integers, uint8 (out, in), in stored column order."""
-        return kernels.unpack_nibbles(self.q) if self.packed else self.q
+    @property
+    def scales(self) -> torch.Tensor:
+        """fp32 scales (out, groups)."""
+        return self.scale_t[:, : self.out_features].T
+
+    @property
+    def zeros(self) -> torch.Tensor:
+        """Integer zero points as fp32 (out, groups)."""
+        return self.zero_t[:, : self.out_features].T.float()
+
+    def values(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The stored integers, uint8 (out, in) in stored column order, or only the output rows `rows`."""
+        if not self.packed:
+            return self.q if rows is None else self.q.index_select(0, rows)
+        return kernels.unpack_vnni(self.q, self.bits, self.out_features, self.in_features, rows)
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight (out, in) in the checkpoint's column order (act order undone)."""
@@ -108,23 +124,19 @@ class QuantLinear(nn.Module):
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Dequantized rows W[ids] (*ids.shape, in): the embedding lookup of a tied, quantized head."""
         flat = ids.reshape(-1)
-        q = self.q.index_select(0, flat)
-        values = kernels.unpack_nibbles(q) if self.packed else q
-        w = self._scale(values.float(), self.scales.index_select(0, flat), self.sz.index_select(0, flat))
+        w = self._scale(self.values(flat).float(), self.scales.index_select(0, flat), self.zeros.index_select(0, flat))
         return self._unpermute(w).view(*ids.shape, self.in_features)
 
     def _dequantize_stored(self, n0: int, rows: int) -> torch.Tensor:
         """fp32 weights of output rows [n0, n0 + rows) in stored column order."""
-        if self._kernel_ok():
-            return self._ops[1](self.q, self.scales, self.sz, self.group, n0, rows)
-        rows_ = slice(n0, n0 + rows)
-        return self._scale(self.values()[rows_].float(), self.scales[rows_], self.sz[rows_])
+        ids = None if (n0, rows) == (0, self.out_features) else torch.arange(n0, n0 + rows, device=self.q.device)
+        return self._scale(self.values(ids).float(), self.scales[n0 : n0 + rows], self.zeros[n0 : n0 + rows])
 
-    def _scale(self, values: torch.Tensor, scales: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
-        """scales * q - scales * zero, group by group, for integers (rows, in) of any float dtype."""
+    def _scale(self, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+        """scales * (q - zero), group by group, for integers (rows, in) of any float dtype."""
         n = values.shape[0]
         v = values.view(n, -1, self.group)
-        return (v * scales[..., None].to(v.dtype) - sz[..., None].to(v.dtype)).view(n, self.in_features)
+        return ((v - zeros[..., None].to(v.dtype)) * scales[..., None].to(v.dtype)).view(n, self.in_features)
 
     def _unpermute(self, w: torch.Tensor) -> torch.Tensor:
         """Columns back in checkpoint order (act-order layers store them group by group)."""
@@ -134,12 +146,7 @@ class QuantLinear(nn.Module):
     def _kernel_ok(self) -> bool:
         # Decided once per device (a decode step calls every layer, and this runs on the host each time).
         if self._fast is None:
-            if self.q.device.type != "cpu" or not kernels.available():
-                self._fast = False
-            else:
-                self._fast = self.group % 16 == 0 if self.bits == 8 else self.packed and (self.group == 32 or self.group % 64 == 0)
-                ops = torch.ops.falconlm_quant
-                self._ops = (ops.q8_mm, ops.q8_dequantize) if self.bits == 8 else (ops.q4_mm, ops.q4_dequantize)
+            self._fast = self.act_group is not None and self.q.device.type == "cpu" and kernels.available()
         return self._fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,9 +163,10 @@ class QuantLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def _cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._kernel_ok() and x.shape[0] <= GEMV_MAX_ROWS:
-            return self._ops[0](x, self.q, self.scales, self.sz, self.group)
-        # Many rows: compute-bound, so the fp32 GEMM on a dequantized block beats a weight-streaming kernel.
+        if self._kernel_ok():
+            return torch.ops.falconlm_quant.qa8_mm(x, self.q, self.scale_t, self.zero_t, self.bits, self.group, self.act_group, self.out_features)
+        if self.act_group is not None:  # no kernel here: the same arithmetic in torch
+            x = kernels.quantize_activations(x, self.act_group)
         out = x.new_empty(x.shape[0], self.out_features)
         for n0 in range(0, self.out_features, DEQUANT_BLOCK_ROWS):
             rows = min(DEQUANT_BLOCK_ROWS, self.out_features - n0)
@@ -176,14 +184,24 @@ class QuantLinear(nn.Module):
                 self._cuda_pack = (packed, sz)
             packed, sz = self._cuda_pack
             return torch._weight_int4pack_mm(x.to(torch.bfloat16).contiguous(), packed, self.group, sz).to(x.dtype)
-        return F.linear(x, self._scale(self.values().to(x.dtype), self.scales, self.sz))
+        return F.linear(x, self._scale(self.values().to(x.dtype), self.scales, self.zeros))
 
     def _apply(self, fn, recurse=True):
         self._cuda_pack, self._fast = None, None  # repacked / re-decided for the new device on first use
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group}{', act-order' if self.perm is not None else ''}, bias={self.bias is not None}"
+        inputs = f"int8 inputs in groups of {self.act_group}" if self.act_group else "fp32 inputs"
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group}{', act-order' if self.perm is not None else ''}, {inputs}, bias={self.bias is not None}"
+
+
+def exact_activations(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Give every quantized layer of `model` fp32 inputs (enabled) or int8 ones again; returns the model."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.act_group = None if enabled or not module.packed else next(a for a in ACT_GROUPS if module.group % a == 0)
+            module._fast = None
+    return model
 
 
 class QuantEmbedding(nn.Module):
