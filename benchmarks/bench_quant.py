@@ -18,7 +18,7 @@ downloads and builds it (about 10 minutes on 2 cores); --no-peer skips it.
 
     python benchmarks/bench_quant.py                 # threads 1 and 2
     python benchmarks/bench_quant.py --quick         # one thread, fewer tokens
-    python benchmarks/bench_quant.py --kernels       # also the bare matmul kernels vs PyTorch's own
+    python benchmarks/bench_quant.py --kernels       # also the bare matmul kernels vs PyTorch's own (1, 16, 256 rows)
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ def bandwidth(threads: int) -> float:
 # ----------------------------------------------------------------------------- kernels
 
 
-def kernel_table(threads: int) -> list[dict]:
-    """One linear layer of each bench-7b shape at batch 1: ours, PyTorch's weight-only kernels and fp32."""
+def kernel_table(threads: int, batch_rows: tuple[int, ...] = (1, 16, 256)) -> list[dict]:
+    """One linear layer of each bench-7b shape at 1 / 16 / 256 rows: ours, PyTorch's weight-only kernels and fp32."""
     from falconlm.model.linear import linear
     from falconlm.quant.linear import QuantLinear
     from falconlm.quant.spec import QuantSpec
@@ -214,7 +214,7 @@ def kernel_table(threads: int) -> list[dict]:
     torch.set_num_threads(threads)
     rows = []
 
-    def best(fn, n=50):
+    def best(fn, n):
         fn()
         t = []
         for _ in range(n):
@@ -224,20 +224,23 @@ def kernel_table(threads: int) -> list[dict]:
         return min(t)
 
     for n, k in ((3072, 768), (768, 3072), (65024, 768)):
-        w, x = torch.randn(n, k), torch.randn(1, k)
+        w = torch.randn(n, k)
         q8 = QuantLinear.from_float(w, QuantSpec(bits=8))
         q4 = QuantLinear.from_float(w, QuantSpec(bits=4, group_size=128))
         wi8 = (q8.values().to(torch.int16) - 128).to(torch.int8)
         w4 = torch._convert_weight_to_int4pack_for_cpu(q4.values().to(torch.int32), 1)
         sz = torch.stack((q4.scales, (8 - q4.zeros) * q4.scales), -1).transpose(0, 1).contiguous()
-        rows.append({
-            "shape": f"{n}x{k}",
-            "fp32_us": best(lambda: linear(x, w)) * 1e6,
-            "ours_int8_us": best(lambda: q8(x)) * 1e6,
-            "torch_int8pack_us": best(lambda: torch._weight_int8pack_mm(x, wi8, q8.scales[:, 0])) * 1e6,
-            "ours_int4_us": best(lambda: q4(x)) * 1e6,
-            "torch_int4pack_us": best(lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 128, sz)) * 1e6,
-        })
+        s8 = q8.scales[:, 0].contiguous()
+        for m in batch_rows:
+            x, reps = torch.randn(m, k), 50 if m == 1 else 5
+            rows.append({
+                "shape": f"{m}x{k} @ {k}x{n}",
+                "fp32_us": best(lambda: linear(x, w), reps) * 1e6,
+                "ours_int8_us": best(lambda: q8(x), reps) * 1e6,
+                "torch_int8pack_us": best(lambda: torch._weight_int8pack_mm(x, wi8, s8), reps) * 1e6,
+                "ours_int4_us": best(lambda: q4(x), reps) * 1e6,
+                "torch_int4pack_us": best(lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 128, sz), reps) * 1e6,
+            })
     return rows
 
 
@@ -296,10 +299,11 @@ def main() -> None:
             print(line)
             results["formats"].setdefault(name, {})[str(t)] = {"ours": {**mine, **st, "fraction_of_bandwidth": frac}, "llama_cpp": peer.get(name), "bandwidth": ceiling}
     if args.kernels:
-        print("\nbatch-1 matmul kernels, microseconds (1 thread):")
+        print("\nmatmul kernels, microseconds (1 thread; ratio = fp32 / ours):")
         rows = kernel_table(1)
         for r in rows:
-            print("  " + "  ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{v}" for k, v in r.items()))
+            print(f"  {r['shape']:>20}  " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in r.items() if k != "shape")
+                  + f"  | int8 {r['fp32_us'] / r['ours_int8_us']:.1f}x, int4 {r['fp32_us'] / r['ours_int4_us']:.1f}x")
         results["kernels"] = rows
     out = ROOT / "results" / ("bench_quant-quick.json" if args.quick else "bench_quant.json")
     atomic_write_json(out, results)

@@ -26,12 +26,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from falconlm.decoding.detokenizer import Detokenizer, text_decoder
-from falconlm.decoding.sampling import next_tokens, picker_for, row_generator
+from falconlm.decoding.sampling import greedy_tokens, next_tokens, picker_for, row_generator
 from falconlm.decoding.settings import GenerationConfig
 from falconlm.decoding.blocks import ROOT, BlockPool
 from falconlm.decoding.step import PagedDecodeStep
@@ -227,8 +227,8 @@ class Engine:
             "steps": 0, "max_active": 0, "admitted": 0, "finished": 0, "cancelled": 0, "preempted": 0,
             "prompt_tokens": 0, "cached_tokens": 0, "computed_tokens": 0, "generated_tokens": 0, "forks": 0,
         }
-        self.thread = threading.Thread(target=self._run, name="falconlm-engine", daemon=True)
-        if start:  # start=False: the caller drives `step()` itself (tests: deterministic interleavings)
+        self.thread = threading.Thread(target=self.run, name="falconlm-engine", daemon=True)
+        if start:  # start=False: the caller drives `step()` (tests: deterministic interleavings) or `run()` itself
             self.thread.start()
 
     # ----- the public side (called from the HTTP event loop) -----
@@ -289,14 +289,20 @@ class Engine:
             self.cond.notify()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
+        else:  # run() in the caller's thread was interrupted (Ctrl-C), or never ran: end what is pending
+            self._fail_all("the server is shutting down")
 
-    # ----- the engine thread -----
-    def _run(self) -> None:
+    # ----- the engine loop -----
+    def run(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Step while there is work, until `close()` (or until `should_stop()`, checked twice a second when idle)."""
         torch.set_grad_enabled(False)
         while True:
             with self.cond:
                 while not self.stopped and not self.active and not self.waiting:
-                    self.cond.wait()
+                    if should_stop is not None and should_stop():
+                        self.stopped = True
+                        break
+                    self.cond.wait(timeout=None if should_stop is None else 0.5)
                 if self.stopped:
                     break
             try:
@@ -612,7 +618,14 @@ class Engine:
         rest = [i for i in range(len(seqs)) if picks[i] is None]
         if rest:
             logits = self.picker.logits(hidden[rest])
+            # Plain greedy rows (no screen here, e.g. a quantized head): one argmax for all of them.
+            plain = [j for j, i in enumerate(rest) if not seqs[i].cfg.needs_full_logits]
+            if plain:
+                for j, t in zip(plain, greedy_tokens(logits if len(plain) == len(rest) else logits[plain]).tolist()):
+                    picks[rest[j]] = t
             for j, i in enumerate(rest):
+                if picks[i] is not None:
+                    continue
                 s = seqs[i]
                 row = logits[j : j + 1]
                 picks[i] = int(next_tokens(row, s.seen, s.cfg, [s.generator])[0])
