@@ -7,6 +7,8 @@
 // sums. So it computes y = x_hat W^T where x_hat is the quantized input and W the dequantized
 // weight; the only fp32 rounding is in folding the groups' exact sums, in a fixed order per output,
 // so a row's result does not depend on the other rows of the batch or on the thread count.
+// `uniform_zero` (>= 0) says every output has that one zero point (symmetric weights), which saves
+// a multiply per group in the fold; -1 reads them from `zeros`.
 // Why: PyTorch 2.13's weight-only CPU kernels stream 1.8 GB/s (int8) and 0.33 GB/s (int4) against
 // 22 GB/s for oneDNN's fp32 one, and a weight-only kernel that converts every weight to fp32 is
 // compute-bound past a few rows; integer products are bound by memory at 16 rows and about 3x
@@ -75,26 +77,30 @@ void quantize_row(const float* x, int64_t K, int64_t ag, int8_t* xq, float* sx, 
 struct A8Problem {
   const int8_t* xq;     // (M, K) quantized input
   const float* sx;      // (M, Ga) its group scales
-  const int32_t* xsum;  // (M, Ga) its group sums
+  const int32_t* xsum;  // (M, Ga) its group sums, times the zero point when every output has the same one
   const uint8_t* q;     // packed weights
   const float* st;      // (G, Np)
   const int16_t* zt;    // (G, Np)
   float* y;             // (M, N)
   int64_t M, K, N, Np, group, ag, bits;
+  bool uniform_zero;    // one zero point for every output and group (symmetric weights): xsum holds z * sum xq
   int64_t tile_bytes() const { return bits == 8 ? K * 16 : K * 8; }
 };
 
+// The fold, the same for every path and batch size, per output (m, n):
+//   per input group a:   t = fma(float(sum_k q * xq - z * sum_k xq), sx[m, a], t)   (integers exact)
+//   per weight group g:  y = fma(t, s[g, n], y), t = 0
 #if defined(FALCONLM_AVX512) && defined(__AVX512VNNI__)
 #define FALCONLM_VNNI 1
 // MT rows of the input against NT tiles of 16 outputs, starting at row m0 and tile t0.
-template <int BITS, int MT, int NT>
+template <int BITS, int MT, int NT, bool UNIFORM>
 void a8_tile(const A8Problem& p, int64_t m0, int64_t t0) {
-  const int64_t K = p.K, Ga = K / p.ag;
+  const int64_t K = p.K, Ga = K / p.ag, per_group = p.group / p.ag;
   const uint8_t* w[NT];
   for (int j = 0; j < NT; ++j) w[j] = p.q + (t0 + j) * p.tile_bytes();
-  __m512 tot[MT][NT];
+  __m512 y[MT][NT], t[MT][NT];
   for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < NT; ++j) tot[m][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NT; ++j) y[m][j] = t[m][j] = _mm512_setzero_ps();
   const __m512i nib = _mm512_set1_epi8(0x0F);
   for (int64_t a = 0; a < Ga; ++a) {
     __m512i acc[MT][NT];
@@ -128,41 +134,51 @@ void a8_tile(const A8Problem& p, int64_t m0, int64_t t0) {
         }
       }
     }
-    // Fold the group: tot += (acc - z * xsum) * (s * sx), in the same order for every row and tile.
-    const int64_t g = a * p.ag / p.group;
-    __m512 sv[NT];
+    const int64_t g = a / per_group;
     __m512i zv[NT];
-    for (int j = 0; j < NT; ++j) {
-      sv[j] = _mm512_loadu_ps(p.st + g * p.Np + (t0 + j) * 16);
-      zv[j] = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zt + g * p.Np + (t0 + j) * 16)));
-    }
+    if (!UNIFORM)
+      for (int j = 0; j < NT; ++j) zv[j] = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zt + g * p.Np + (t0 + j) * 16)));
     for (int m = 0; m < MT; ++m) {
       const __m512i xs = _mm512_set1_epi32(p.xsum[(m0 + m) * Ga + a]);
       const __m512 sxm = _mm512_set1_ps(p.sx[(m0 + m) * Ga + a]);
       for (int j = 0; j < NT; ++j) {
-        const __m512i exact = _mm512_sub_epi32(acc[m][j], _mm512_mullo_epi32(zv[j], xs));
-        tot[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(sv[j], sxm), tot[m][j]);
+        const __m512i exact = _mm512_sub_epi32(acc[m][j], UNIFORM ? xs : _mm512_mullo_epi32(zv[j], xs));
+        t[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sxm, t[m][j]);
+      }
+    }
+    if ((a + 1) % per_group == 0) {
+      for (int j = 0; j < NT; ++j) {
+        const __m512 sv = _mm512_loadu_ps(p.st + g * p.Np + (t0 + j) * 16);
+        for (int m = 0; m < MT; ++m) {
+          y[m][j] = _mm512_fmadd_ps(t[m][j], sv, y[m][j]);
+          t[m][j] = _mm512_setzero_ps();
+        }
       }
     }
   }
   for (int j = 0; j < NT; ++j) {
     const int64_t n0 = (t0 + j) * 16, left = std::min<int64_t>(16, p.N - n0);
     const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-    for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, tot[m][j]);
+    for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, y[m][j]);
   }
 }
 
-template <int BITS, int NT>
+template <int BITS, int NT, bool UNIFORM>
 void a8_rows(const A8Problem& p, int64_t t0) {
   constexpr int MT = 4;
   int64_t m = 0;
-  for (; m + MT <= p.M; m += MT) a8_tile<BITS, MT, NT>(p, m, t0);
+  for (; m + MT <= p.M; m += MT) a8_tile<BITS, MT, NT, UNIFORM>(p, m, t0);
   switch (p.M - m) {
-    case 3: a8_tile<BITS, 3, NT>(p, m, t0); break;
-    case 2: a8_tile<BITS, 2, NT>(p, m, t0); break;
-    case 1: a8_tile<BITS, 1, NT>(p, m, t0); break;
+    case 3: a8_tile<BITS, 3, NT, UNIFORM>(p, m, t0); break;
+    case 2: a8_tile<BITS, 2, NT, UNIFORM>(p, m, t0); break;
+    case 1: a8_tile<BITS, 1, NT, UNIFORM>(p, m, t0); break;
     default: break;
   }
+}
+
+template <int BITS, bool UNIFORM>
+void a8_pair(const A8Problem& p, int64_t t0, bool two) {
+  two ? a8_rows<BITS, 2, UNIFORM>(p, t0) : a8_rows<BITS, 1, UNIFORM>(p, t0);
 }
 #endif
 
@@ -176,23 +192,28 @@ inline uint8_t packed_at(const A8Problem& p, int64_t n, int64_t k) {
 }
 
 void a8_portable(const A8Problem& p, int64_t t0) {
-  const int64_t Ga = p.K / p.ag;
+  const int64_t Ga = p.K / p.ag, per_group = p.group / p.ag;
   for (int64_t m = 0; m < p.M; ++m) {
     for (int64_t n = t0 * 16; n < std::min(p.N, (t0 + 1) * 16); ++n) {
-      float tot = 0.f;
+      float y = 0.f, t = 0.f;
       for (int64_t a = 0; a < Ga; ++a) {
         int32_t acc = 0;
         for (int64_t k = a * p.ag; k < (a + 1) * p.ag; ++k) acc += static_cast<int32_t>(packed_at(p, n, k)) * p.xq[m * p.K + k];
-        const int64_t g = a * p.ag / p.group;
-        const int32_t exact = acc - static_cast<int32_t>(p.zt[g * p.Np + n]) * p.xsum[m * Ga + a];
-        tot = std::fma(static_cast<float>(exact), p.st[g * p.Np + n] * p.sx[m * Ga + a], tot);
+        const int64_t g = a / per_group;
+        const int32_t xs = p.xsum[m * Ga + a];
+        const int32_t exact = acc - (p.uniform_zero ? xs : static_cast<int32_t>(p.zt[g * p.Np + n]) * xs);
+        t = std::fma(static_cast<float>(exact), p.sx[m * Ga + a], t);
+        if ((a + 1) % per_group == 0) {
+          y = std::fma(t, p.st[g * p.Np + n], y);
+          t = 0.f;
+        }
       }
-      p.y[m * p.N + n] = tot;
+      p.y[m * p.N + n] = y;
     }
   }
 }
 
-at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st, const at::Tensor& zt, int64_t bits, int64_t group, int64_t act_group, int64_t N) {
+at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st, const at::Tensor& zt, int64_t bits, int64_t group, int64_t act_group, int64_t N, int64_t uniform_zero) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous fp32 (M, K)");
   TORCH_CHECK(bits == 8 || bits == 4, "bits must be 8 or 4");
   const int64_t M = x.size(0), K = x.size(1), Np = st.size(1);
@@ -211,16 +232,17 @@ at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st
     for (int64_t m = m0; m < m1; ++m)
       quantize_row(X + m * K, K, act_group, xq.data_ptr<int8_t>() + m * K, sx.data_ptr<float>() + m * Ga, xsum.data_ptr<int32_t>() + m * Ga);
   });
+  if (uniform_zero >= 0) xsum.mul_(uniform_zero);  // the zero-point term itself, one integer per row and input group
   const A8Problem p{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), xsum.data_ptr<int32_t>(), q.data_ptr<uint8_t>(), st.data_ptr<float>(),
-                    zt.data_ptr<int16_t>(), y.data_ptr<float>(), M, K, N, Np, group, act_group, bits};
+                    zt.data_ptr<int16_t>(), y.data_ptr<float>(), M, K, N, Np, group, act_group, bits, uniform_zero >= 0};
   const int64_t tiles = Np / 16, pairs = (tiles + 1) / 2;
   at::parallel_for(0, pairs, 4, [&](int64_t p0, int64_t p1) {
     for (int64_t pr = p0; pr < p1; ++pr) {
       const int64_t t0 = 2 * pr;
 #ifdef FALCONLM_VNNI
       const bool two = t0 + 1 < tiles;
-      if (bits == 8) two ? a8_rows<8, 2>(p, t0) : a8_rows<8, 1>(p, t0);
-      else two ? a8_rows<4, 2>(p, t0) : a8_rows<4, 1>(p, t0);
+      if (bits == 8) p.uniform_zero ? a8_pair<8, true>(p, t0, two) : a8_pair<8, false>(p, t0, two);
+      else p.uniform_zero ? a8_pair<4, true>(p, t0, two) : a8_pair<4, false>(p, t0, two);
 #else
       a8_portable(p, t0);
       if (t0 + 1 < tiles) a8_portable(p, t0 + 1);
@@ -347,7 +369,7 @@ bool has_vnni() {
 }  // namespace
 
 TORCH_LIBRARY(falconlm_quant, m) {
-  m.def("qa8_mm(Tensor x, Tensor q, Tensor scales, Tensor zeros, int bits, int group, int act_group, int N) -> Tensor", qa8_mm);
+  m.def("qa8_mm(Tensor x, Tensor q, Tensor scales, Tensor zeros, int bits, int group, int act_group, int N, int uniform_zero) -> Tensor", qa8_mm);
   m.def("q8_mm(Tensor x, Tensor q, Tensor s, Tensor sz, int group) -> Tensor", q8_mm);
   m.def("vectorized() -> bool", has_vnni);
 }

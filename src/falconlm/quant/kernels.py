@@ -69,16 +69,18 @@ def vectorized() -> bool:
 
 def _probe() -> bool:
     g = torch.Generator().manual_seed(0)
-    for bits, k, n, group, act_group in ((8, 96, 37, 96, 32), (8, 128, 16, 64, 64), (4, 128, 37, 32, 32), (4, 256, 40, 128, 128), (4, 64, 5, 64, 16)):
+    for bits, k, n, group, act_group, uniform in ((8, 96, 37, 96, 32, False), (8, 128, 16, 64, 64, True), (4, 128, 37, 32, 32, False), (4, 256, 40, 128, 32, True), (4, 64, 5, 64, 16, False)):
         m = 5
         values = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.uint8)
         scales = torch.rand(n, k // group, generator=g) / 50
         zeros = torch.randint(0, 2**bits + 1, (n, k // group), generator=g).to(torch.int16)
+        if uniform:
+            zeros.fill_(2 ** (bits - 1))
         x = torch.randn(m, k, generator=g)
         w = (values.float().view(n, -1, group) - zeros.float()[..., None]) * scales[..., None]
         want = quantize_activations(x, act_group) @ w.view(n, k).T
         st, zt = pad_columns(scales.T, 16), pad_columns(zeros.T, 16)
-        got = torch.ops.falconlm_quant.qa8_mm(x, pack_vnni(values, bits), st.contiguous(), zt.contiguous(), bits, group, act_group, n)
+        got = torch.ops.falconlm_quant.qa8_mm(x, pack_vnni(values, bits), st.contiguous(), zt.contiguous(), bits, group, act_group, n, 2 ** (bits - 1) if uniform else -1)
         scale = want.abs().max().clamp_min(1e-6)
         if not (torch.isfinite(got).all() and ((got - want).abs() <= _PROBE_TOLERANCE * scale).all()):
             warnings.warn("falconlm: the int8/int4 CPU kernels disagree with the reference on a probe; quantized layers use the dequantize-and-matmul path", stacklevel=2)

@@ -78,6 +78,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("q", kernels.pack_vnni(values, bits) if self.packed else values)
         self.register_buffer("scale_t", kernels.pad_columns(scales.float().T, 16).contiguous())
         self.register_buffer("zero_t", kernels.pad_columns(zeros.round().to(torch.int16).T, 16).contiguous())
+        # One zero point for all (symmetric weights): the kernel's fold then skips a multiply per group.
+        first = self.zero_t[:1, :1]
+        self.uniform_zero = int(first) if n and bool((self.zero_t[:, :n] == first).all()) else -1
         self.register_buffer("perm", perm)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.act_group: int | None = next((a for a in ACT_GROUPS if group % a == 0), None) if self.packed else None
@@ -166,7 +169,7 @@ class QuantLinear(nn.Module):
 
     def _cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_ok():
-            return torch.ops.falconlm_quant.qa8_mm(x, self.q, self.scale_t, self.zero_t, self.bits, self.group, self.act_group, self.out_features)
+            return torch.ops.falconlm_quant.qa8_mm(x, self.q, self.scale_t, self.zero_t, self.bits, self.group, self.act_group, self.out_features, self.uniform_zero)
         if self.act_group is not None:  # no kernel here: the same arithmetic in torch
             x = kernels.quantize_activations(x, self.act_group)
         out = x.new_empty(x.shape[0], self.out_features)
