@@ -538,3 +538,26 @@ def test_soak_random_live_traffic(tiny_ckpt, loaded, tmp_path):
     # ----- the server's own log -----
     bad = [line for line in log.splitlines() if "Traceback" in line or "ERROR" in line or "Exception" in line]
     assert not bad, "the server logged errors:\n" + log[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_mid_stream_finishes_the_stream_then_exits_and_a_taken_port_is_one_error(tiny_ckpt, tmp_path):
+    # The engine steps in the server's main thread and HTTP runs beside it: SIGTERM must still drain
+    # the open stream and end both promptly, and a failed bind must end the process.
+    with ServerProcess(tiny_ckpt, tmp_path / "server.log", []) as server:
+        second = ServerProcess(tiny_ckpt, tmp_path / "second.log", [])
+        second.port = server.port  # a second server on the first one's port
+        taken = subprocess.run(second.command(), capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert taken.returncode == 1 and "address already in use" in (taken.stdout + taken.stderr).lower(), taken.stderr[-2000:]
+        body = {"prompt": "the falcon", "max_tokens": 60, "stream": True}
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200, response.read()
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            t0 = time.monotonic()
+            os.killpg(server.proc.pid, signal.SIGTERM)  # as uvicorn does: no new requests, the open one finishes
+            rest = [line for line in lines if line]
+            assert rest[-1] == "data: [DONE]" and '"length"' in rest[-2], rest[-3:]
+        assert server.proc.wait(timeout=15) == 0, server.log_text()[-2000:]
+        assert time.monotonic() - t0 < 10

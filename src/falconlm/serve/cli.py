@@ -121,20 +121,24 @@ def _serve(args: ServeCommand, model) -> int:
     # decode step 36 ms in a second thread, 22 ms in the main one).
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False))
     http = threading.Thread(target=server.run, name="falconlm-http", daemon=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn handles signals only in the main thread: stop as Ctrl-C does
+
+    def graceful(signum: int, frame: object) -> None:
+        # uvicorn handles signals only in the main thread, so here as it would: the first SIGTERM or
+        # Ctrl-C stops taking requests and lets the open ones finish, the second stops at once.
+        if server.should_exit:
+            raise KeyboardInterrupt
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGINT)}
     http.start()
     try:
         engine.run(should_stop=lambda: not http.is_alive())
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.should_exit = True
         engine.close()
         http.join(timeout=10)
     return 0 if server.started else 1
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM in the main thread: end the engine loop as Ctrl-C would."""
-    raise KeyboardInterrupt
