@@ -2,10 +2,10 @@
 
 Counted from the model itself: each TP degree's ShardPlan is applied to a meta-device model and its
 parameters are summed, so what is replicated (LayerNorms, row-parallel biases, Falcon-7B's one KV
-head) is counted on every rank exactly as the plan places it. Quantized rows follow the GPTQ layout
-`falconlm quantize` writes: the block linear layers as int8 (one fp16 scale and int8 zero per output
-channel) or int4 (groups of 128 inputs, fp16 scale and 4-bit zero each); embeddings, LayerNorms,
-biases and the LM head stay bf16. The KV cache is bf16 in every row (quantization is weight-only).
+head) is counted on every rank exactly as the plan places it. Quantized rows count what a loaded
+QuantLinear holds: the block linear layers as int8 (per output channel) or int4 (groups of 128
+inputs), each group with an fp32 scale and an int16 zero point; embeddings, LayerNorms, biases and
+the LM head stay bf16. The KV cache is bf16 in every row (quantization is weight-only).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _param_bytes(name: str, shape: torch.Size, precision: str) -> int:
     bits, group = spec
     out_features, in_features = shape
     groups = 1 if group is None else -(-in_features // group)
-    return n * bits // 8 + groups * out_features * (2 + bits / 8)  # integers, then an fp16 scale and a packed zero per group
+    return n * bits // 8 + groups * out_features * 6  # integers, then an fp32 scale and an int16 zero point per group
 
 
 def rank_memory(config: FalconConfig, tp: int, precisions: tuple[str, ...] = tuple(PRECISIONS)) -> list[RankMemory]:
