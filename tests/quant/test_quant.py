@@ -48,10 +48,12 @@ def _quantized_input(x: torch.Tensor, act_group: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("bits,k,group,sym,act_group", [(8, 64, 64, True, 32), (8, 96, 32, False, 32), (8, 40, 40, True, 8), (8, 48, 16, True, 16), (8, 36, 36, True, None),
-                                                        (4, 128, 32, False, 32), (4, 128, 128, True, 32), (4, 192, 64, True, 32), (4, 256, -1, True, 32), (4, 40, 40, False, 8), (4, 36, 36, False, None)])
+                                                        (8, 1040, -1, False, 16),
+                                                        (4, 128, 32, False, 32), (4, 128, 128, True, 32), (4, 192, 64, True, 32), (4, 256, -1, True, 32), (4, 40, 40, False, 8), (4, 36, 36, False, None), (4, 2048, 128, True, 32)])
 @pytest.mark.parametrize("rows", [1, 3, 7, 40])
 def test_product_matches_an_independent_reference_on_every_shape(bits, k, group, sym, act_group, rows):
-    # 37 outputs (not a multiple of 16), widths that are no multiple of 32, and ones (36) that keep fp32 inputs.
+    # 37 outputs (not a multiple of 16), widths that are no multiple of 32, ones (36) that keep fp32
+    # inputs, and ones (1040, 2048) whose weights the kernel reads in K blocks when the rows are many.
     g = torch.Generator().manual_seed(k + group + rows)
     w = torch.randn(37, k, generator=g) * 0.05
     layer = QuantLinear.from_float(w, QuantSpec(bits=bits, group_size=-1 if group in (k, -1) else group, sym=sym), torch.randn(37, generator=g))
@@ -71,9 +73,9 @@ def test_product_matches_an_independent_reference_on_every_shape(bits, k, group,
 
 def test_a_row_gives_the_same_bits_alone_batched_and_on_any_thread_count():
     g = torch.Generator().manual_seed(5)
-    for spec in (QuantSpec(bits=8), QuantSpec(bits=4, group_size=64)):
-        layer = QuantLinear.from_float(torch.randn(300, 256, generator=g) * 0.05, spec)
-        x = torch.randn(41, 256, generator=g)
+    for spec, k in ((QuantSpec(bits=8), 256), (QuantSpec(bits=4, group_size=64), 256), (QuantSpec(bits=8, sym=False), 1536), (QuantSpec(bits=4, group_size=128), 2048)):
+        layer = QuantLinear.from_float(torch.randn(300, k, generator=g) * 0.05, spec)
+        x = torch.randn(41, k, generator=g)
         batched = layer(x)
         threads = torch.get_num_threads()
         try:
