@@ -11,8 +11,10 @@
 // a multiply per group in the fold; -1 reads them from `zeros`.
 // Why: PyTorch 2.13's weight-only CPU kernels stream 1.8 GB/s (int8) and 0.33 GB/s (int4) against
 // 22 GB/s for oneDNN's fp32 one, and a weight-only kernel that converts every weight to fp32 is
-// compute-bound past a few rows; integer products are bound by memory at 16 rows and about 3x
-// faster than the fp32 GEMM at 256 (benchmarks/bench_quant.py --kernels).
+// compute-bound past a few rows (16 rows of a 3,072 x 768 layer: 1.65 ms, fp32 0.93); integer
+// products take 0.28 ms there, and about half the fp32 GEMM's time at 256 rows
+// (benchmarks/bench_quant.py --kernels). AMX tiles were tried for many rows and lost: with a scale
+// per 32 inputs, folding each group's sums out of the stored tiles cost more than the products.
 //
 // Layout (in memory; the GPTQ on-disk form converts to and from it), N padded to Np = 16 * tiles:
 //   int8: uint8 [tiles][K/4][16][4]: a 64-byte vector holds 4 consecutive weights of 16 outputs.
