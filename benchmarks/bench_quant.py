@@ -1,4 +1,4 @@
-"""Quantized inference: falconlm fp32 / int8 / int4 against llama.cpp F32 / Q8_0 / Q4_0 on the same weights.
+"""Quantized inference: falconlm fp32 / int8 / int4 against llama.cpp F32 / Q8_0 / Q4_0 (and transformers + torchao int8) on the same weights.
 
 One random-weight checkpoint of the bench-7b shape (12 blocks, d=768, Falcon-7B's 65,024-token
 vocabulary and multi-query attention) is quantized by `falconlm quantize` (int8 per channel and
@@ -14,7 +14,9 @@ The peer is llama.cpp built from the source vendored in the llama-cpp-python 0.3
 download --no-binary :all: llama-cpp-python==0.3.36`), cached in ~/.cache/falconlm-peers (never in
 the repo). It is built for AVX-512 with AMX off: on the sandboxed Xeon we measure on, ggml's AMX
 path dies with SIGILL (the kernel does not grant AMX tile state to the process). The first run
-downloads and builds it (about 10 minutes on 2 cores); --no-peer skips it.
+downloads and builds it (about 10 minutes on 2 cores); --no-peer skips it. The second peer is
+transformers' Falcon on the fp32 checkpoint under torchao's `quantize_(model, Int8WeightOnlyConfig())`
+(torchao pip-installed with --target into the same cache; --no-peer skips it too).
 
     python benchmarks/bench_quant.py                 # threads 1 and 2
     python benchmarks/bench_quant.py --quick         # one thread, fewer tokens
@@ -41,6 +43,7 @@ from falconlm.atomic import atomic_write_json
 ROOT = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("FALCONLM_PEERS", Path.home() / ".cache" / "falconlm-peers"))
 LLAMA_CPP_PYTHON = "0.3.36"
+TORCHAO = "0.18.0"
 TOKENIZER = ROOT.parent.parent / "shared" / "reference" / "falcon-tokenizer"
 FORMATS = {"fp32": ("F32", None), "int8": ("Q8_0", "int8"), "int4": ("Q4_0", "int4")}
 
@@ -104,6 +107,43 @@ def llama_bench(llama: Path, gguf: Path, threads: int, prompt: int, tokens: int,
     rows = json.loads(done.stdout)
     get = lambda key: next(r for r in rows if r[key] > 0)
     return {"decode": get("n_gen")["avg_ts"], "prefill": get("n_prompt")["avg_ts"], "bytes": get("n_gen")["model_size"]}
+
+
+def torchao_peer(source: Path, threads: list[int], prompt: int, tokens: int, repeats: int) -> dict[int, dict] | None:
+    """transformers' Falcon on the fp32 checkpoint with torchao's int8 weight-only quantization, per thread count; None where it does not run."""
+    target = CACHE / f"torchao-{TORCHAO}"  # pip install --target: outside the repo and the dev venv
+    try:
+        if not (target / "torchao").is_dir():
+            run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), f"torchao=={TORCHAO}"])
+        sys.path.insert(0, str(target))
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        from transformers import FalconForCausalLM as HFFalcon
+
+        model = HFFalcon.from_pretrained(source, dtype=torch.float32).eval()
+        quantize_(model, Int8WeightOnlyConfig())
+    except Exception as exc:  # not installable offline, or this torch does not take it: the table says so
+        print(f"transformers + torchao unavailable, skipped: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+        return None
+    g = torch.Generator().manual_seed(0)
+    short = torch.randint(0, model.config.vocab_size, (1, 16), generator=g)
+    long = torch.randint(0, model.config.vocab_size, (1, prompt), generator=g)
+    out = {}
+    for t in threads:
+        torch.set_num_threads(t)
+        best = {"one": float("inf"), "many": float("inf"), "prefill": float("inf")}
+        with torch.no_grad():
+            model.generate(short, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.generate(short, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+                t1 = time.perf_counter()
+                model.generate(short, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False)
+                t2 = time.perf_counter()
+                model(long, logits_to_keep=1)
+                got = {"one": t1 - t0, "many": t2 - t1, "prefill": time.perf_counter() - t2}
+                best = {k: min(best[k], got[k]) for k in got}
+        out[t] = rates(best, prompt, tokens)
+    return out
 
 
 # ----------------------------------------------------------------------------- ours
@@ -254,7 +294,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", default=str(CACHE / "bench-quant"), help="where the checkpoints and GGUF files are kept (outside the repo)")
-    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp and transformers + torchao")
     ap.add_argument("--kernels", action="store_true", help="also time the bare matmul kernels against PyTorch's")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -274,6 +314,7 @@ def main() -> None:
         except (RuntimeError, OSError) as exc:
             print(f"llama.cpp unavailable, peer skipped: {str(exc).splitlines()[0]}")
             llama = None
+    torchao = None if args.no_peer else torchao_peer(source, threads, args.prompt, args.tokens, args.repeats)
     ids = heldout_ids(source)
     models, static = {}, {}
     for name, path in paths.items():
@@ -302,6 +343,11 @@ def main() -> None:
                 line += f" | {FORMATS[name][0]:>9} {p['decode']:>8.1f} {p['prefill']:>8.0f} {p['bytes'] / 1e6:>7.1f} | {mine['decode'] / p['decode']:>11.2f}x {mine['prefill'] / p['prefill']:>12.2f}x"
             print(line)
             results["formats"].setdefault(name, {})[str(t)] = {"ours": {**mine, **st, "fraction_of_bandwidth": frac}, "llama_cpp": peer.get(name), "bandwidth": ceiling}
+        if torchao is not None:
+            tao, mine = torchao[t], timing["int8"]
+            print(f"transformers + torchao {TORCHAO} int8 weight-only (same fp32 checkpoint): decode {tao['decode']:.1f} tok/s, prefill {tao['prefill']:.0f} tok/s"
+                  f" | ours int8 {mine['decode'] / tao['decode']:.2f}x decode, {mine['prefill'] / tao['prefill']:.2f}x prefill")
+            results["formats"]["int8"][str(t)]["transformers_torchao"] = tao
     if args.kernels:
         print("\nmatmul kernels, microseconds (1 thread; ratio = fp32 / ours):")
         rows = kernel_table(1)
