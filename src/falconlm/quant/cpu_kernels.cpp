@@ -59,8 +59,9 @@ inline float zero_term(const float* sz, const float* xsum, int64_t G) {
 // ----------------------------------------------------------------------------- qa8_mm
 
 // One row's input quantized group by group: xq = round(x / sx) with sx = max|x| / 127 (0 for an
-// all-zero group), and the integer sum of each group's xq for the zero-point term.
-void quantize_row(const float* x, int64_t K, int64_t ag, int8_t* xq, float* sx, int32_t* xsum) {
+// all-zero group), and the integer sum of each group's xq, times `zero` when every output has that
+// zero point (the zero-point term itself), for the fold.
+void quantize_row(const float* x, int64_t K, int64_t ag, int32_t zero, int8_t* xq, float* sx, int32_t* xsum) {
   for (int64_t a = 0; a < K / ag; ++a) {
     const float* xa = x + a * ag;
     float amax = 0.f;
@@ -73,7 +74,7 @@ void quantize_row(const float* x, int64_t K, int64_t ag, int8_t* xq, float* sx, 
       sum += xq[a * ag + k];
     }
     sx[a] = scale;
-    xsum[a] = sum;
+    xsum[a] = zero >= 0 ? sum * zero : sum;
   }
 }
 
@@ -260,9 +261,9 @@ at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st
   const float* X = x.data_ptr<float>();
   at::parallel_for(0, M, 4, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
-      quantize_row(X + m * K, K, act_group, xq.data_ptr<int8_t>() + m * K, sx.data_ptr<float>() + m * Ga, xsum.data_ptr<int32_t>() + m * Ga);
+      quantize_row(X + m * K, K, act_group, static_cast<int32_t>(uniform_zero), xq.data_ptr<int8_t>() + m * K, sx.data_ptr<float>() + m * Ga,
+                   xsum.data_ptr<int32_t>() + m * Ga);
   });
-  if (uniform_zero >= 0) xsum.mul_(uniform_zero);  // the zero-point term itself, one integer per row and input group
   const A8Problem p{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), xsum.data_ptr<int32_t>(), q.data_ptr<uint8_t>(), st.data_ptr<float>(),
                     zt.data_ptr<int16_t>(), y.data_ptr<float>(), M, K, N, Np, group, act_group, bits, uniform_zero >= 0};
   const int64_t tiles = Np / 16, pairs = (tiles + 1) / 2;
