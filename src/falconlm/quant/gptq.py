@@ -77,7 +77,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, 
             w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    layer = QuantLinear.from_ints(q, scales, zeros, spec.bits, group, bias, perm)
+    layer = QuantLinear(q, scales, zeros, spec.bits, group, bias, perm)
     return layer, hessian_error(weight, layer, hessian)
 
 

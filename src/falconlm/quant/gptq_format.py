@@ -103,4 +103,4 @@ def from_gptq(tensors: dict[str, torch.Tensor], spec: QuantSpec, in_features: in
     bias = tensors.get("bias")
     if bias is not None and tuple(bias.shape) != (out_features,):
         raise FalconError(f"{name}.bias has shape {tuple(bias.shape)}, but the layer has {out_features} outputs")
-    return QuantLinear.from_ints(values, scales.T.contiguous(), zeros.T.contiguous(), bits, group, None if bias is None else bias, perm)
+    return QuantLinear(values, scales.T.contiguous(), zeros.T.contiguous(), bits, group, None if bias is None else bias, perm)

@@ -12,10 +12,10 @@ the width (one scale per group and row, as llama.cpp's Q8_0 does), and the produ
 products on AVX512-VNNI: y = x_hat W^T, with exact integer sums folded in a fixed order, so a
 row's output does not depend on the rows it is batched with or the thread count. The portable
 build gives the same bits; where the kernels cannot be built a dequantize-and-matmul computes the
-same product up to fp32 rounding. `exact_activations`
-switches a model to fp32 inputs (a dequantize-and-matmul: slower, for checking a checkpoint
-against its dequantized weights). Widths that are not a multiple of 8 keep fp32 inputs. On CUDA,
-int4 uses torch._weight_int4pack_mm (bf16 inputs) and int8 a dequantize-and-matmul.
+same product up to fp32 rounding. `exact_activations` switches a model to fp32 inputs (a
+dequantize-and-matmul: slower, for checking a checkpoint against its dequantized weights). Widths
+that are not a multiple of 8 keep fp32 inputs. On CUDA, int4 uses torch._weight_int4pack_mm (bf16
+inputs) and int8 a dequantize-and-matmul.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from falconlm.quant.spec import QuantSpec
 # 64 or 128 would be up to 15% faster in compute-bound steps (256 rows), but Falcon-7B's 4544 inputs
 # split over --tp 2 are no multiple of 64.
 ACT_GROUPS = (32, 16, 8)
+
+
+def act_group_for(packed: bool, group: int) -> int | None:
+    """Input values per int8 scale for a layer of this weight group, or None for fp32 inputs (widths the kernel's layout does not take)."""
+    return next((a for a in ACT_GROUPS if group % a == 0), None) if packed else None
 # Output rows dequantized at a time on the reference path: bounds the fp32 copy (this many x K floats).
 DEQUANT_BLOCK_ROWS = 4096
 
@@ -68,6 +73,7 @@ class QuantLinear(nn.Module):
     """y = x W^T (+ bias) with W held as integers, group scales and integer zero points."""
 
     def __init__(self, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group: int, bias: torch.Tensor | None = None, perm: torch.Tensor | None = None):
+        """From stored integers (out, in) in the column order of `perm` (or natural), scales/zeros (out, groups)."""
         super().__init__()
         n, k = values.shape
         if k % group or scales.shape != (n, k // group) or zeros.shape != scales.shape:
@@ -83,16 +89,11 @@ class QuantLinear(nn.Module):
         self.uniform_zero = int(first) if n and bool((self.zero_t[:, :n] == first).all()) else -1
         self.register_buffer("perm", perm)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.act_group: int | None = next((a for a in ACT_GROUPS if group % a == 0), None) if self.packed else None
+        self.act_group = act_group_for(self.packed, group)
         self._cuda_pack: tuple | None = None
         self._fast: bool | None = None  # whether the compiled kernel takes this layer (set on first use)
 
     # ----- building -----
-    @classmethod
-    def from_ints(cls, values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group: int, bias: torch.Tensor | None = None, perm: torch.Tensor | None = None) -> "QuantLinear":
-        """From stored integers (out, in) in the column order of `perm` (or natural), scales/zeros (out, groups)."""
-        return cls(values, scales, zeros, bits, group, bias, perm)
-
     @classmethod
     def from_float(cls, weight: torch.Tensor, spec: QuantSpec, bias: torch.Tensor | None = None) -> "QuantLinear":
         """Round-to-nearest quantization of a float weight (out, in)."""
@@ -204,7 +205,7 @@ def exact_activations(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Give every quantized layer of `model` fp32 inputs (enabled) or int8 ones again; returns the model."""
     for module in model.modules():
         if isinstance(module, QuantLinear):
-            module.act_group = None if enabled or not module.packed else next(a for a in ACT_GROUPS if module.group % a == 0)
+            module.act_group = None if enabled else act_group_for(module.packed, module.group)
             module._fast = None
     return model
 
