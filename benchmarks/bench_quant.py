@@ -302,6 +302,39 @@ def kernel_table(threads: int, batch_rows: tuple[int, ...] = (1, 16, 256)) -> li
     return rows
 
 
+def fp32_table(threads: int, batch_rows: tuple[int, ...] = (1, 4, 8, 16, 24, 32, 64)) -> list[dict]:
+    """The fp32 block linears at few rows: falconlm's dispatch (its own kernel up to SMALL_ROWS rows) against oneDNN alone."""
+    from falconlm.model import linear as lin
+
+    torch.set_num_threads(threads)
+    rows = []
+    for n, k in ((3072, 768), (768, 3072), (896, 768)):
+        layers = [torch.randn(n, k) for _ in range(max(4, int(300e6 // (n * k * 4))))]  # more bytes than the caches hold
+        for m in batch_rows:
+            x = torch.randn(m, k)
+
+            def run():
+                for w in layers:
+                    lin.linear(x, w)
+
+            times = {}
+            for name, on in (("ours", True), ("onednn", False)):
+                lin.few_rows_kernel = on
+                run()
+                times[name] = min(_timed(run) for _ in range(3)) / len(layers)
+            lin.few_rows_kernel = True
+            gb = layers[0].nbytes / 1e9
+            rows.append({"shape": f"{m}x{k} @ {k}x{n}", "ours_us": times["ours"] * 1e6, "onednn_us": times["onednn"] * 1e6,
+                         "ours_gb_s": gb / times["ours"], "onednn_gb_s": gb / times["onednn"], "threads": threads})
+    return rows
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
@@ -369,6 +402,12 @@ def main() -> None:
             print(f"  {r['shape']:>20}  " + "  ".join(f"{k.removesuffix('_us')} {v:.0f}" for k, v in r.items() if k != "shape")
                   + f"  | int8 {r['fp32_us'] / r['ours_int8_us']:.1f}x, int4 {r['fp32_us'] / r['ours_int4_us']:.1f}x")
         results["kernels"] = rows
+        t = max(int(v) for v in args.threads.split(","))
+        print(f"\nfp32 linears at few rows, {t} threads (ours: falconlm's kernel up to its row limit, then oneDNN):")
+        rows = fp32_table(t)
+        for r in rows:
+            print(f"  {r['shape']:>20}  ours {r['ours_us']:6.0f} us ({r['ours_gb_s']:4.1f} GB/s)  oneDNN {r['onednn_us']:6.0f} us ({r['onednn_gb_s']:4.1f} GB/s)  {r['onednn_us'] / r['ours_us']:.2f}x")
+        results["fp32_few_rows"] = rows
     out = ROOT / "results" / ("bench_quant-quick.json" if args.quick else "bench_quant.json")
     atomic_write_json(out, results)
     print(f"\nwrote {out}")

@@ -452,6 +452,7 @@ def run_side(spec: ServerSpec, port: int, plan: dict[str, Scenario], prompts: di
         asyncio.run(closed_loop(server.url, warmup, 4, 16, 120))
         for name, sc in plan.items():
             sampler.reset()
+            steps_before = engine_steps(server.url)
             print(f"[{spec.label}] {name}: {sc.describe()} x {args.max_tokens} tokens ... (run time {time.perf_counter() - t_begin:.0f} s)", flush=True)
             if sc.rate:
                 results, wall = asyncio.run(open_loop(server.url, prompts[name], sc.rate, args.seed, args.max_tokens, args.time_limit))
@@ -459,9 +460,11 @@ def run_side(spec: ServerSpec, port: int, plan: dict[str, Scenario], prompts: di
                 results, wall = asyncio.run(closed_loop(server.url, prompts[name], sc.clients, args.max_tokens, args.time_limit))
             summary, texts = summarize(results, wall, tok)
             summary["peak_rss_bytes"] = max(sampler.peak, sampler.sample())
+            summary["engine_steps"] = step_deltas(steps_before, engine_steps(server.url))
             side["scenarios"][name], side["texts"][name] = summary, texts
+            steps = "".join(f", {v['steps']} {k} steps of {v['mean_s'] * 1e3:.1f} ms ({v['total_s']:.1f} s)" for k, v in summary["engine_steps"].items())
             print(f"[{spec.label}] {name}: done in {wall:.1f} s, {summary['tokens_per_s']:.1f} tok/s, {summary['errors']} errors"
-                  + (f" {summary['error_kinds']}" if summary["errors"] else "") + (f", {summary['requests'] - summary['sent']} not sent (time limit)" if summary["sent"] < summary["requests"] else ""), flush=True)
+                  + (f" {summary['error_kinds']}" if summary["errors"] else "") + (f", {summary['requests'] - summary['sent']} not sent (time limit)" if summary["sent"] < summary["requests"] else "") + steps, flush=True)
             if server.proc.poll() is not None:
                 print(f"[{spec.label}] the server exited ({server.proc.returncode}) during {name}:\n{server.log_tail()}", flush=True)
                 side["failed"] = f"exited during {name}"
@@ -475,6 +478,31 @@ def run_side(spec: ServerSpec, port: int, plan: dict[str, Scenario], prompts: di
 
 
 # ----------------------------------------------------------------------------- report
+
+
+STEP_METRIC = re.compile(r'^falconlm_engine_step_seconds_(sum|count)\{kind="(\w+)"\} (\S+)$', re.M)
+
+
+def engine_steps(url: str) -> dict[str, tuple[float, float]]:
+    """Our server's engine steps so far from /metrics: kind -> (seconds, count); empty for a server without that metric."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, list[float]] = {}
+    for field_, kind, value in STEP_METRIC.findall(text):
+        out.setdefault(kind, [0.0, 0.0])[field_ == "count"] = float(value)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def step_deltas(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """Steps of each kind between two scrapes: their count, mean and total seconds."""
+    out = {}
+    for kind, (total, count) in after.items():
+        t0, c0 = before.get(kind, (0.0, 0.0))
+        if count > c0:
+            out[kind] = {"steps": int(count - c0), "mean_s": (total - t0) / (count - c0), "total_s": total - t0}
+    return out
 
 
 def fmt(v: float | None, scale: float = 1.0, digits: int = 3) -> str:

@@ -211,7 +211,7 @@ class Engine:
             )
         self.cache = model.new_paged_cache(blocks, block_size)
         self.pool = BlockPool(blocks, block_size, prefix_caching)
-        self.observer = observer  # receives first-token and inter-token latencies (the server's /metrics)
+        self.observer = observer  # receives first-token and inter-token latencies and step times (the server's /metrics)
         self.picker = picker_for(model)
         self.max_blocks = blocks_for(self.max_length, block_size)
         # Decode-only steps with static shapes (a CUDA graph per row count on a GPU); eager steps read only the slots in use, faster on the CPU.
@@ -357,8 +357,11 @@ class Engine:
             self._retire(s)
         plan = self._schedule()
         if plan:
+            start = time.perf_counter()
             self._forward(plan)
             self.stats["steps"] += 1
+            if self.observer is not None:
+                self.observer.step(time.perf_counter() - start, prefill=any(n > 1 for _, n in plan))
 
     # ----- scheduling: who computes how many tokens this step -----
     def _schedule(self) -> list[tuple[Sequence, int]]:

@@ -1,4 +1,4 @@
-"""The matmul every Falcon linear layer runs: oneDNN on CPU in fp32, F.linear elsewhere.
+"""The matmul every Falcon linear layer runs: on CPU in fp32 our few-row kernel or oneDNN, F.linear elsewhere.
 
 On the CPUs we measured (AMD EPYC, 2 cores) oneDNN's fp32 inner-product kernels run about twice as
 fast as the MKL sgemm behind F.linear, for the batch-1 decode GEMV and for the forward and both
@@ -6,6 +6,12 @@ backward GEMMs of training alike (benchmarks/bench_generate.py, benchmarks/bench
 op has no autograd formula, so training goes through a small autograd Function whose backward
 runs the two gradient GEMMs through oneDNN as well. CUDA, bf16/fp16, CPU autocast and
 torch.compile take the standard F.linear path.
+
+Inference on up to SMALL_ROWS rows (decode steps) runs falconlm's own kernel where it is built
+(quant/cpu_kernels.cpp, f32_mm): oneDNN's GEMM for 4-16 rows reads the weight at half the speed
+of its one-row GEMV, and the kernel reads it once for every row at near the GEMV's rate. Its
+result for a row does not depend on the other rows, so a sequence decodes to the same bits alone
+or in a batch of up to SMALL_ROWS.
 """
 
 from __future__ import annotations
@@ -15,6 +21,15 @@ import torch.nn.functional as F
 
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 enabled = AVAILABLE  # set False to compare against F.linear
+few_rows_kernel = True  # set False to compare oneDNN alone
+SMALL_ROWS = 24  # at 32 rows oneDNN's GEMM matches the kernel and past that it wins (bench_quant.py --kernels)
+
+
+def _f32_kernel() -> bool:
+    """Whether falconlm's compiled fp32 few-row kernel is here (AVX-512, and the extension built and probed)."""
+    from falconlm.quant import kernels
+
+    return kernels.f32_available()
 
 
 def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -69,6 +84,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x2d = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         y = _OneDNNLinear.apply(x2d, weight)
+    elif x2d.shape[0] <= SMALL_ROWS and few_rows_kernel and weight.is_contiguous() and _f32_kernel():
+        y = torch.ops.falconlm_quant.f32_mm(x2d.contiguous(), weight)
     else:
         y = _onednn_mm(x2d, weight)
     return y.view(*x.shape[:-1], weight.shape[0])

@@ -1,4 +1,4 @@
-// CPU int8 / int4 matmuls for the quantized linear layers and the LM-head screen.
+// CPU matmuls: int8 / int4 for the quantized linear layers and the LM-head screen, and fp32 for few rows.
 //
 // qa8_mm, the quantized layers' product (int8 and int4 weights, any number of rows): the input is
 // quantized on the fly to int8 in groups of `act_group` consecutive values per row (one fp32 scale
@@ -23,6 +23,16 @@
 //   scales: fp32 [G][Np]; zeros: int16 [G][Np] (integer zero points; GPTQ v1 files can hold 2^bits), and
 //   W[n, k] = scales[g, n] * (q[n, k] - zeros[g, n]), g = k / group, G = K / group.
 // The zero point is taken out exactly in integers: sum (q - z) * xq = sum q * xq - z * sum xq.
+//
+// f32_mm, y = x W^T in fp32 for a few rows (decode steps), W the layer's own (N, K) row-major
+// weight: no repacking, so no second copy. oneDNN streams a 3,072 x 768 weight at 22 GB/s for one
+// row but 15 GB/s for 4 and 12 for 16 rows (2 threads here); this kernel reads each weight once
+// from DRAM for all the rows, prefetching the next block of outputs while it computes one, and
+// runs at 25 / 24 / 15 GB/s there (benchmarks/bench_quant.py --kernels). Past about 24 rows
+// oneDNN's blocked GEMM is faster, and model/linear.py hands those to it. Each output is one
+// 16-lane fp32 dot product over K in order and a fixed reduction, so a row's result does not depend
+// on the other rows or the thread count; blocks of outputs are handed to threads dynamically, so
+// a core taken by another process (the HTTP thread, a client) delays one block, not every op.
 //
 // q8_mm, the LM-head screen's int8 product: fp32 input against uint8 [N, K] rows with group
 // scales, w[n, k] = s[n, g] * q[n, k] - sz[n, g], so y = sum_g s * (x . q) - sum_g sz * xsum.
@@ -284,6 +294,103 @@ at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st
   return y;
 }
 
+// ----------------------------------------------------------------------------- f32_mm
+
+#ifdef FALCONLM_AVX512
+constexpr int kF32Rows = 6;  // rows per register block: 6 x 4 accumulators + 4 weight vectors + 1 input
+constexpr int kF32Outs = 4;  // outputs per block (4 weight rows, each streamed once)
+constexpr int64_t kF32Task = 8;  // output blocks per dynamically scheduled task
+
+template <int R, int O>
+inline void f32_block(const float* x, int64_t K, const float* w, float* y, int64_t N, const float* next) {
+  __m512 acc[R][O];
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < O; ++o) acc[r][o] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = _mm512_loadu_ps(w + o * K + k);
+    if (next != nullptr)  // one line of each of the next block's weight rows per 16 inputs: the whole block by the end
+      for (int o = 0; o < kF32Outs; ++o) _mm_prefetch(reinterpret_cast<const char*>(next + o * K + k), _MM_HINT_T0);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + r * K + k);
+      for (int o = 0; o < O; ++o) acc[r][o] = _mm512_fmadd_ps(xv, wv[o], acc[r][o]);
+    }
+  }
+  if (k < K) {  // the last K % 16 inputs, masked (zeros add nothing)
+    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 wv[O];
+    for (int o = 0; o < O; ++o) wv[o] = _mm512_maskz_loadu_ps(m, w + o * K + k);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x + r * K + k);
+      for (int o = 0; o < O; ++o) acc[r][o] = _mm512_fmadd_ps(xv, wv[o], acc[r][o]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < O; ++o) y[r * N + o] = _mm512_reduce_add_ps(acc[r][o]);
+}
+
+// The last M % kF32Rows rows and N % kF32Outs outputs: the block shape picked at run time.
+template <int O, int R = kF32Rows - 1>
+inline void f32_rest(int64_t rows, const float* x, int64_t K, const float* w, float* y, int64_t N, const float* next) {
+  if constexpr (R > 0) {
+    if (rows == R) f32_block<R, O>(x, K, w, y, N, next);
+    else f32_rest<O, R - 1>(rows, x, K, w, y, N, next);
+  }
+}
+
+template <int O>
+inline void f32_rows(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, const float* next) {
+  int64_t m = 0;
+  // The first row block prefetches the next output block; the later ones find this block's weights in L1.
+  for (; m + kF32Rows <= M; m += kF32Rows) f32_block<kF32Rows, O>(x + m * K, K, w, y + m * N, N, m == 0 ? next : nullptr);
+  if (m < M) f32_rest<O>(M - m, x + m * K, K, w, y + m * N, N, m == 0 ? next : nullptr);
+}
+
+template <int O = kF32Outs>
+inline void f32_outs(int64_t outs, const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, const float* next) {
+  if constexpr (O > 0) {
+    if (outs == O) f32_rows<O>(x, M, K, w, y, N, next);
+    else f32_outs<O - 1>(outs, x, M, K, w, y, N, next);
+  }
+}
+#endif
+
+bool has_f32() {
+#ifdef FALCONLM_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+at::Tensor f32_mm(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(has_f32(), "f32_mm needs AVX-512 (check has_f32() first)");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "f32_mm: x (M, K) and w (N, K) expected");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && x.is_contiguous() && w.is_contiguous(), "f32_mm: contiguous fp32 tensors expected");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto y = at::empty({M, N}, x.options());
+#ifdef FALCONLM_AVX512
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = (N + kF32Outs - 1) / kF32Outs, tasks = (blocks + kF32Task - 1) / kF32Task;
+  const bool parallel = M * N * K >= (int64_t{1} << 18) && !at::in_parallel_region();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t b1 = std::min(blocks, (t + 1) * kF32Task);
+    for (int64_t b = t * kF32Task; b < b1; ++b) {
+      const int64_t n = b * kF32Outs, outs = std::min<int64_t>(kF32Outs, N - n);
+      const float* next = (b + 1 < b1 && n + 2 * kF32Outs <= N) ? wp + (n + kF32Outs) * K : nullptr;
+      f32_outs(outs, xp, M, K, wp + n * K, yp + n, N, next);
+    }
+  }
+#endif
+  return y;
+}
+
+
+
 // ----------------------------------------------------------------------------- q8_mm
 #ifdef FALCONLM_AVX512
 inline __m512 load_u8x16(const uint8_t* p) {
@@ -404,4 +511,6 @@ TORCH_LIBRARY(falconlm_quant, m) {
   m.def("qa8_mm(Tensor x, Tensor q, Tensor scales, Tensor zeros, int bits, int group, int act_group, int N, int uniform_zero) -> Tensor", qa8_mm);
   m.def("q8_mm(Tensor x, Tensor q, Tensor s, Tensor sz, int group) -> Tensor", q8_mm);
   m.def("vectorized() -> bool", has_vnni);
+  m.def("f32_mm(Tensor x, Tensor w) -> Tensor", f32_mm);
+  m.def("has_f32() -> bool", has_f32);
 }

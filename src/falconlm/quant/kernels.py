@@ -1,11 +1,11 @@
-"""The CPU int8/int4 matmul kernels (cpu_kernels.cpp), built once per machine and torch version.
+"""The CPU matmul kernels (cpu_kernels.cpp: int8/int4, and fp32 for few rows), built once per machine and torch version.
 
 The extension is compiled on first use with the compiler torch's cpp_extension finds (about 10 s)
 and cached under ~/.cache/falconlm/kernels, keyed by the source, the torch version and the CPU's
 instruction sets, so a cache copied to another kind of CPU is never used there. When it cannot be
 built (no compiler, FALCONLM_QUANT_KERNELS=0), `available()` is False and callers take the
-dequantize-and-matmul path, which gives the same products more slowly. Each build is checked once
-against that path on a probe before it is trusted.
+dequantize-and-matmul path, which gives the same products more slowly (fp32 layers: oneDNN). Each
+build is checked once against those paths on a probe before it is trusted.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def available() -> bool:
 
         root.mkdir(parents=True, exist_ok=True)
         if not any(root.glob("*.so")):
-            print("falconlm: compiling the int8/int4 CPU kernels once for this machine (about 10 s)...", file=sys.stderr, flush=True)
+            print("falconlm: compiling the CPU matmul kernels once for this machine (about 10 s)...", file=sys.stderr, flush=True)
         # -fopenmp: at::parallel_for is an inline OpenMP region, serial without it. The extension then
         # needs libgomp.so.1, which resolves to the copy torch already loaded: one thread pool.
         flags = ["-O3", "-fopenmp", "-march=native" if os.uname().machine in ("x86_64", "AMD64") else "-mcpu=native"]
@@ -60,6 +60,21 @@ def available() -> bool:
         warnings.warn(f"falconlm: the int8/int4 CPU kernels could not be built ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); quantized layers use the slower dequantize-and-matmul path", stacklevel=2)
         return False
     return _probe()
+
+
+@functools.cache
+def f32_available() -> bool:
+    """Whether the fp32 few-row kernel is built here (it needs AVX-512) and agrees with a float64 product on a probe."""
+    if not (available() and torch.ops.falconlm_quant.has_f32()):
+        return False
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in ((1, 37, 5), (7, 768, 9), (13, 64, 40)):  # row, output and input tails
+        x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+        got, want = torch.ops.falconlm_quant.f32_mm(x, w), (x.double() @ w.double().T).float()
+        if not (torch.isfinite(got).all() and ((got - want).abs() <= _PROBE_TOLERANCE * want.abs().max()).all()):
+            warnings.warn("falconlm: the fp32 CPU kernel disagrees with the reference on a probe; fp32 layers use oneDNN", stacklevel=2)
+            return False
+    return True
 
 
 def vectorized() -> bool:

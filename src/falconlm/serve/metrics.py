@@ -1,6 +1,6 @@
 """/metrics: the engine's state and latencies in the Prometheus text format (prometheus_client).
 
-Latencies are observed by the engine thread as tokens are picked (`first_token`, `token_gap`);
+Latencies are observed by the engine thread as tokens are picked (`first_token`, `token_gap`) and steps end (`step`);
 everything else (queue, running sequences, KV blocks, prefix hits, token counts) is read from the
 engine when the endpoint is scraped, so nothing is counted twice or goes stale.
 """
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 RATE_WINDOW_S = 10.0
 
@@ -27,6 +28,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.ttft = Histogram("falconlm_time_to_first_token_seconds", "Time from a request's arrival to its first generated token.", buckets=TTFT_BUCKETS, registry=self.registry)
         self.itl = Histogram("falconlm_inter_token_latency_seconds", "Time between consecutive generated tokens of one sequence.", buckets=ITL_BUCKETS, registry=self.registry)
+        self.steps = Histogram(
+            "falconlm_engine_step_seconds", "Time of one engine step (a packed forward pass and the picks), by whether it prefilled any prompt tokens.",
+            ["kind"], buckets=STEP_BUCKETS, registry=self.registry,
+        )
         self._recent: deque[float] = deque()  # times of the tokens picked in the last RATE_WINDOW_S
         self._lock = threading.Lock()
         self.engine: Any = None
@@ -46,6 +51,10 @@ class ServerMetrics:
         """A later token, `seconds` after the previous one of the same sequence."""
         self.itl.observe(seconds)
         self._count()
+
+    def step(self, seconds: float, prefill: bool) -> None:
+        """One engine step took `seconds`; `prefill`: it computed prompt tokens, not only one token per decoding row."""
+        self.steps.labels(kind="prefill" if prefill else "decode").observe(seconds)
 
     def _count(self) -> None:
         now = time.monotonic()
