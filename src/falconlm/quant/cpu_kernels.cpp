@@ -34,6 +34,13 @@
 // on the other rows or the thread count; blocks of outputs are handed to threads dynamically, so
 // a core taken by another process (the HTTP thread, a client) delays one block, not every op.
 //
+// decode_attention, the engine's decode rows (one query token each) against their keys and values
+// read in place from the paged pool through each row's slot list: no gathered copy of every row's
+// context (which cost more than the attention itself, and rereads a shared prefix once per row).
+// One task per (row, KV head): the group's query heads score every key (16 keys' dot products at
+// once, summed by a fixed transpose-add tree), softmax in fp32 with a vectorised exp, then the
+// weighted sum of the values. Rows are independent, so a row's output does not depend on the batch.
+//
 // q8_mm, the LM-head screen's int8 product: fp32 input against uint8 [N, K] rows with group
 // scales, w[n, k] = s[n, g] * q[n, k] - sz[n, g], so y = sum_g s * (x . q) - sum_g sz * xsum.
 
@@ -391,6 +398,152 @@ at::Tensor f32_mm(const at::Tensor& x, const at::Tensor& w) {
 
 
 
+// ----------------------------------------------------------------------------- decode_attention
+
+#ifdef FALCONLM_AVX512
+// Lane j = the sum of v[j]'s 16 lanes: a transpose-add tree (4 levels of shuffles), then the lane order fixed.
+inline __m512 sum16(const __m512* v) {
+  __m512 t[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// exp(x) for x <= 0 (softmax after the max is taken out): 2^n * e^r, |r| <= ln2 / 2, a degree-6
+// Taylor polynomial for e^r (relative error under 2e-7); below -87 the result is 0.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts: exact n * hi
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 y = _mm512_set1_ps(1.0f / 720);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), _mm512_scalef_ps(y, n));
+}
+
+// One row and one KV head: G query heads (already scaled) of DC * 16 dims against S keys.
+template <int DC>
+void attend_row(const float* q, int64_t G, const float* keys, const float* values, int64_t slot_stride, const int64_t* slots, int64_t S,
+                float* out, std::vector<float>& scores) {
+  constexpr int64_t D = DC * 16;
+  const int64_t Sp = (S + 15) / 16 * 16;
+  scores.resize(G * Sp);
+  const float* kptr[16];
+  for (int64_t s0 = 0; s0 < S; s0 += 16) {
+    const int64_t n = std::min<int64_t>(16, S - s0);
+    for (int64_t j = 0; j < n; ++j) kptr[j] = keys + slots[s0 + j] * slot_stride;
+    for (int64_t g = 0; g < G; ++g) {  // the block's keys stay in L1 across the group's query heads
+      __m512 qv[DC], acc[16];
+      for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + g * D + c * 16);
+      for (int64_t j = 0; j < 16; ++j) {
+        if (j >= n) {
+          acc[j] = _mm512_setzero_ps();
+          continue;
+        }
+        acc[j] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kptr[j]));
+        for (int c = 1; c < DC; ++c) acc[j] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kptr[j] + c * 16), acc[j]);
+      }
+      _mm512_storeu_ps(scores.data() + g * Sp + s0, sum16(acc));
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {  // softmax over the S real scores of each query head
+    float* sc = scores.data() + g * Sp;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t s = 0; s < S; s += 16) {
+      const __mmask16 m = S - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (S - s)) - 1);
+      mx = _mm512_mask_max_ps(mx, m, mx, _mm512_loadu_ps(sc + s));
+    }
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t s = 0; s < S; s += 16) {
+      const __mmask16 m = S - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (S - s)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sc + s), top)));
+      _mm512_storeu_ps(sc + s, e);
+      total = _mm512_add_ps(total, e);
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(total);
+    for (int64_t s = 0; s < S; s += 16) _mm512_storeu_ps(sc + s, _mm512_mul_ps(_mm512_loadu_ps(sc + s), _mm512_set1_ps(inv)));
+  }
+  constexpr int64_t QB = DC <= 4 ? 24 / DC : 1;  // query heads whose outputs stay in registers at once
+  for (int64_t g0 = 0; g0 < G; g0 += QB) {
+    const int64_t gn = std::min<int64_t>(QB, G - g0);
+    __m512 acc[QB][DC];
+    for (int64_t g = 0; g < QB; ++g)
+      for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < S; ++s) {
+      const float* v = values + slots[s] * slot_stride;
+      __m512 vv[DC];
+      for (int c = 0; c < DC; ++c) vv[c] = _mm512_loadu_ps(v + c * 16);
+      for (int64_t g = 0; g < gn; ++g) {
+        const __m512 pw = _mm512_set1_ps(scores[(g0 + g) * Sp + s]);
+        for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_fmadd_ps(pw, vv[c], acc[g][c]);
+      }
+    }
+    for (int64_t g = 0; g < gn; ++g)
+      for (int c = 0; c < DC; ++c) _mm512_storeu_ps(out + (g0 + g) * D + c * 16, acc[g][c]);
+  }
+}
+#endif
+
+// q (R, H, D) fp32; keys and values (slots, KV, D) fp32 (one layer of the pool); slots (R, S) int64,
+// row r's first lengths[r] entries being its context. Returns (R, H, D). D must be 16, 32, 48, 64, 96 or 128.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, const at::Tensor& slots, const at::Tensor& lengths, double scale) {
+  TORCH_CHECK(has_f32(), "decode_attention needs AVX-512 (check has_f32() first)");
+  TORCH_CHECK(q.dim() == 3 && keys.dim() == 3 && keys.sizes() == values.sizes() && slots.dim() == 2 && lengths.dim() == 1, "decode_attention: bad ranks");
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2), KV = keys.size(1);
+  TORCH_CHECK(keys.size(2) == D && H % KV == 0 && slots.size(0) == R && lengths.size(0) == R, "decode_attention: shapes disagree");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && slots.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong, "decode_attention: dtypes");
+  TORCH_CHECK(q.is_contiguous() && keys.is_contiguous() && values.is_contiguous() && slots.is_contiguous() && lengths.is_contiguous(), "decode_attention: contiguous tensors expected");
+  const at::Tensor qs = q * scale;
+  auto out = at::empty_like(q);
+#ifdef FALCONLM_AVX512
+  const int64_t G = H / KV, S = slots.size(1), stride = KV * D;
+  const float* qp = qs.data_ptr<float>();
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  float* op = out.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r) TORCH_CHECK(lp[r] >= 1 && lp[r] <= S, "decode_attention: a length is outside 1..S");
+  const bool parallel = R * KV > 1 && !at::in_parallel_region();
+#pragma omp parallel num_threads(at::get_num_threads()) if (parallel)
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < R * KV; ++task) {
+      const int64_t r = task / KV, h = task % KV;
+      const float* qr = qp + (r * H + h * G) * D;
+      float* o = op + (r * H + h * G) * D;
+      const float* kh = kp + h * D;
+      const float* vh = vp + h * D;
+      switch (D / 16) {
+        case 1: attend_row<1>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+        case 2: attend_row<2>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+        case 3: attend_row<3>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+        case 4: attend_row<4>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+        case 6: attend_row<6>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+        case 8: attend_row<8>(qr, G, kh, vh, stride, sp + r * S, lp[r], o, scores); break;
+      }
+    }
+  }
+#endif
+  return out;
+}
+
+
+
 // ----------------------------------------------------------------------------- q8_mm
 #ifdef FALCONLM_AVX512
 inline __m512 load_u8x16(const uint8_t* p) {
@@ -513,4 +666,5 @@ TORCH_LIBRARY(falconlm_quant, m) {
   m.def("vectorized() -> bool", has_vnni);
   m.def("f32_mm(Tensor x, Tensor w) -> Tensor", f32_mm);
   m.def("has_f32() -> bool", has_f32);
+  m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, float scale) -> Tensor", decode_attention);
 }
