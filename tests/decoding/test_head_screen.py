@@ -60,3 +60,27 @@ def test_screened_greedy_equals_full_head_and_screen_is_refreshed():
     with torch.no_grad():
         model.lm_head.weight.mul_(1.5)  # in-place edit: the cached int8 copy must not be reused
     assert screen_for(model) is not first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_screen_passes_give_torch_answers(dtype):
+    # The compiled row range and column union against aminmax and (>=).any, with a vocabulary that is
+    # not a multiple of 16, rows holding NaN or infinity, and thresholds that some columns equal exactly.
+    from falconlm.quant import kernels
+
+    if not kernels.f32_available():
+        pytest.skip("falconlm's kernels are not built here")
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(5, 1003, generator=g) * 3).to(dtype)
+    scores[1, 17] = float("nan")
+    scores[3, 1002] = float("inf")
+    lo, hi = head_screen._row_range(scores)
+    want_lo, want_hi = (t.float() for t in torch.aminmax(scores, dim=1))
+    finite = torch.tensor([True, False, True, False, True])
+    assert torch.equal(torch.isfinite(lo) & torch.isfinite(hi), finite)
+    assert torch.equal(lo[finite], want_lo[finite]) and torch.equal(hi[finite], want_hi[finite])
+    thresholds = scores.float()[torch.arange(5), torch.tensor([3, 500, 1000, 7, 999])]  # each reached exactly by one column
+    thresholds[0] = float("nan")  # a NaN threshold selects nothing, as (>=) does
+    got = head_screen._columns_reaching(scores, thresholds)
+    want = (scores >= thresholds[:, None]).any(dim=0).nonzero().squeeze(1)
+    assert torch.equal(got, want) and got.numel() > 3

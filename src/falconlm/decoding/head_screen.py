@@ -129,7 +129,7 @@ class HeadScreen:
         # an overflowing hidden state) or cannot narrow the pick (a flat distribution).
         if not bool(torch.isfinite(low).all() and torch.isfinite(err).all()):
             return None
-        union = (approx >= (top - 2 * err)[:, None]).any(dim=0).nonzero().squeeze(1)
+        union = _columns_reaching(approx, top - 2 * err)
         if union.numel() > _MAX_CANDIDATES:
             return None
         # A row's true argmax is in the union and nothing in it scores higher; the union is sorted, so
@@ -142,10 +142,10 @@ class HeadScreen:
         if hidden.shape[0] > _INT8_MAX_ROWS and self.bf16_fast():
             xb = hidden.bfloat16()
             approx = F.linear(xb, self._bf16_copy())  # left in bf16: comparing it promotes element by element, nothing is copied
-            low, top = (t.float() for t in torch.aminmax(approx, dim=1))
+            low, top = _row_range(approx)
             return approx, low, top, self.bf16_row_error(hidden, xb, torch.maximum(top.abs(), low.abs()))
         approx = self.scores(hidden)
-        low, top = torch.aminmax(approx, dim=1)
+        low, top = _row_range(approx)
         return approx, low, top, self.row_error(hidden, torch.maximum(top.abs(), low.abs()))
 
     def bf16_row_error(self, hidden: torch.Tensor, xb: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -164,6 +164,26 @@ class HeadScreen:
             l2 = hidden.norm(dim=1)
             return l2 * self.residual_max + l1 * self.accumulation + magnitude * 2.0**-22 + l1 * 1e-7
         return l1 * (self.scale_max * _ERROR_SCALE + 1e-6) + magnitude * _OUTPUT_REL
+
+
+def _row_range(approx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's minimum and maximum score as fp32 (NaN or infinite where the row holds a non-finite score)."""
+    from falconlm.quant import kernels
+
+    if kernels.f32_available() and approx.is_contiguous():
+        both = torch.ops.falconlm_quant.row_range(approx)
+        return both[:, 0], both[:, 1]
+    low, top = torch.aminmax(approx, dim=1)
+    return low.float(), top.float()
+
+
+def _columns_reaching(approx: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Sorted ids of the vocabulary columns where some row's score reaches that row's threshold."""
+    from falconlm.quant import kernels
+
+    if kernels.f32_available() and approx.is_contiguous():
+        return torch.ops.falconlm_quant.columns_reaching(approx, thresholds.float().contiguous()).nonzero().squeeze(1)
+    return (approx >= thresholds[:, None]).any(dim=0).nonzero().squeeze(1)
 
 
 def _own_kernel(width: int) -> bool:

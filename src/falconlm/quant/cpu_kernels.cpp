@@ -41,6 +41,11 @@
 // once, summed by a fixed transpose-add tree), softmax in fp32 with a vectorised exp, then the
 // weighted sum of the values. Rows are independent, so a row's output does not depend on the batch.
 //
+// row_range and columns_reaching, the head screen's two passes over its (rows, vocab) scores (fp32
+// or bf16): each row's minimum and maximum (NaN when a row holds a NaN or an infinity), then which
+// vocabulary columns reach any row's threshold. torch's aminmax, ge and any took 4 ms of a 32-row
+// decode step for the same answer.
+//
 // q8_mm, the LM-head screen's int8 product: fp32 input against uint8 [N, K] rows with group
 // scales, w[n, k] = s[n, g] * q[n, k] - sz[n, g], so y = sum_g s * (x . q) - sum_g sz * xsum.
 
@@ -544,6 +549,73 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
 
 
 
+// ----------------------------------------------------------------------------- head-screen passes
+
+#ifdef FALCONLM_AVX512
+// 16 scores from fp32 or bf16 (bf16 is the top half of an fp32: widen and shift).
+inline __m512 load16(const void* base, int64_t i, bool bf16, __mmask16 m) {
+  if (!bf16) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + i);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + i);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#endif
+
+at::Tensor row_range(const at::Tensor& scores) {
+  TORCH_CHECK(has_f32(), "row_range needs AVX-512 (check has_f32() first)");
+  TORCH_CHECK(scores.dim() == 2 && scores.is_contiguous() && (scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kBFloat16), "row_range: contiguous (rows, vocab) fp32 or bf16 scores expected");
+  const int64_t B = scores.size(0), V = scores.size(1);
+  auto out = at::empty({B, 2}, scores.options().dtype(at::kFloat));
+#ifdef FALCONLM_AVX512
+  const bool bf16 = scores.scalar_type() == at::kBFloat16;
+  const char* base = static_cast<const char*>(scores.data_ptr());
+  const int64_t row_bytes = V * scores.element_size();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+      __mmask16 bad = 0;
+      for (int64_t v = 0; v < V; v += 16) {
+        const __mmask16 m = V - v >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (V - v)) - 1);
+        const __m512 x = load16(base + b * row_bytes, v, bf16, m);
+        bad |= _mm512_mask_fpclass_ps_mask(m, x, 0x99);  // QNaN, SNaN, +inf, -inf
+        lo = _mm512_mask_min_ps(lo, m, lo, x);
+        hi = _mm512_mask_max_ps(hi, m, hi, x);
+      }
+      o[2 * b] = bad ? NAN : _mm512_reduce_min_ps(lo);
+      o[2 * b + 1] = bad ? NAN : _mm512_reduce_max_ps(hi);
+    }
+  });
+#endif
+  return out;
+}
+
+at::Tensor columns_reaching(const at::Tensor& scores, const at::Tensor& thresholds) {
+  TORCH_CHECK(has_f32(), "columns_reaching needs AVX-512 (check has_f32() first)");
+  TORCH_CHECK(scores.dim() == 2 && scores.is_contiguous() && (scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kBFloat16), "columns_reaching: contiguous (rows, vocab) fp32 or bf16 scores expected");
+  TORCH_CHECK(thresholds.dim() == 1 && thresholds.size(0) == scores.size(0) && thresholds.scalar_type() == at::kFloat && thresholds.is_contiguous(), "columns_reaching: one fp32 threshold per row expected");
+  const int64_t B = scores.size(0), V = scores.size(1);
+  auto out = at::empty({V}, scores.options().dtype(at::kBool));
+#ifdef FALCONLM_AVX512
+  const bool bf16 = scores.scalar_type() == at::kBFloat16;
+  const char* base = static_cast<const char*>(scores.data_ptr());
+  const int64_t row_bytes = V * scores.element_size();
+  const float* t = thresholds.data_ptr<float>();
+  bool* o = out.data_ptr<bool>();
+  at::parallel_for(0, (V + 15) / 16, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t v = c * 16;
+      const __mmask16 m = V - v >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (V - v)) - 1);
+      __mmask16 hit = 0;
+      for (int64_t b = 0; b < B; ++b)  // a NaN score or threshold compares false, as torch's >= does
+        hit |= _mm512_mask_cmp_ps_mask(m, load16(base + b * row_bytes, v, bf16, m), _mm512_set1_ps(t[b]), _CMP_GE_OQ);
+      for (int64_t j = 0; j < 16 && v + j < V; ++j) o[v + j] = (hit >> j) & 1;
+    }
+  });
+#endif
+  return out;
+}
+
+
 // ----------------------------------------------------------------------------- q8_mm
 #ifdef FALCONLM_AVX512
 inline __m512 load_u8x16(const uint8_t* p) {
@@ -666,5 +738,7 @@ TORCH_LIBRARY(falconlm_quant, m) {
   m.def("vectorized() -> bool", has_vnni);
   m.def("f32_mm(Tensor x, Tensor w) -> Tensor", f32_mm);
   m.def("has_f32() -> bool", has_f32);
+  m.def("row_range(Tensor scores) -> Tensor", row_range);
+  m.def("columns_reaching(Tensor scores, Tensor thresholds) -> Tensor", columns_reaching);
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, float scale) -> Tensor", decode_attention);
 }
