@@ -1,4 +1,4 @@
-"""The in-place paged decode attention kernel: exact softmax attention through slot lists, and the engine path that uses it."""
+"""The compiled decode-step kernels: paged attention in place (exact softmax attention through slot lists, and the engine path that uses it) and RoPE."""
 
 from __future__ import annotations
 
@@ -90,3 +90,22 @@ def test_alibi_and_other_dtypes_keep_the_gathered_path():
     keys = torch.zeros(4, 1, 64)
     assert not paged_cache._in_place_decode(FalconConfig.from_preset("tiny-rw"), keys)  # ALiBi bias
     assert not paged_cache._in_place_decode(FalconConfig.from_preset("tiny-7b"), keys.bfloat16())
+
+
+@needs_kernel
+def test_compiled_rope_gives_torch_bits_on_strided_views_and_steps_aside_for_autograd():
+    from falconlm.model import falcon
+
+    config = FalconConfig.from_preset("tiny-7b")
+    d = config.head_dim
+    fused = torch.randn(3, 7, 5, 3 * d)  # a (B, T, kv, (g + 2) * D)-like QKV output; take a strided per-head view
+    x = fused.view(3, 7, 5, 3, d)[:, :, :, 1].transpose(1, 2)
+    cos, sin = falcon.rope_cos_sin(config, torch.randint(0, 500, (3, 7)), torch.float32)
+    assert falcon._compiled_rope(x, cos, sin)
+    half = d // 2
+    want = x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    assert torch.equal(falcon.apply_rope(x, cos, sin), want)
+    leaf = x.detach().clone().requires_grad_()
+    assert not falcon._compiled_rope(leaf, cos, sin)  # training keeps torch's ops (and their gradients)
+    falcon.apply_rope(leaf, cos, sin).sum().backward()
+    assert leaf.grad is not None

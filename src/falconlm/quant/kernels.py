@@ -54,7 +54,8 @@ def available() -> bool:
             print("falconlm: compiling the CPU matmul kernels once for this machine (about 10 s)...", file=sys.stderr, flush=True)
         # -fopenmp: at::parallel_for is an inline OpenMP region, serial without it. The extension then
         # needs libgomp.so.1, which resolves to the copy torch already loaded: one thread pool.
-        flags = ["-O3", "-fopenmp", "-march=native" if os.uname().machine in ("x86_64", "AMD64") else "-mcpu=native"]
+        # -ffp-contract=off: a product and a sum stay two roundings, as torch's ops do (rope gives torch's bits).
+        flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-march=native" if os.uname().machine in ("x86_64", "AMD64") else "-mcpu=native"]
         load(name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(root), is_python_module=False, verbose=False)
     except Exception as exc:  # no compiler, no ninja, a failed build: the portable path still gives the same result
         warnings.warn(f"falconlm: the int8/int4 CPU kernels could not be built ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); quantized layers use the slower dequantize-and-matmul path", stacklevel=2)
