@@ -24,7 +24,7 @@ def test_matches_float64_attention_through_scattered_slots(rows, heads, kv, dim,
     lengths = torch.randint(1, span + 1, (rows,), generator=g)
     lengths[0] = span
     slots = torch.stack([torch.randperm(pool, generator=g)[:span] for _ in range(rows)])
-    out = torch.ops.falconlm_quant.decode_attention(q, keys, values, slots, lengths, dim**-0.5)
+    out = torch.ops.falconlm_quant.decode_attention(q, keys, values, slots, lengths, dim**-0.5, kv, kv * dim, dim)
     for r in range(rows):
         n = int(lengths[r])  # entries past a row's length are never read
         k = keys[slots[r, :n]].double().transpose(0, 1)  # (kv, n, D)
@@ -42,7 +42,7 @@ def test_extreme_scores_stay_finite_and_exact():
     keys = torch.zeros(40, 1, 16)
     keys[7, 0, 0] = 100.0
     values = torch.randn(40, 1, 16)
-    out = torch.ops.falconlm_quant.decode_attention(q, keys, values, torch.arange(40)[None], torch.tensor([40]), 0.25)
+    out = torch.ops.falconlm_quant.decode_attention(q, keys, values, torch.arange(40)[None], torch.tensor([40]), 0.25, 1, 16, 16)
     assert torch.isfinite(out).all()
     assert torch.allclose(out[0, 0], values[7, 0], atol=1e-6)
 
@@ -72,7 +72,7 @@ def test_engine_decode_rows_agree_with_the_gathered_sdpa_path(monkeypatch):
                 return "x" * len(ids)
 
         engine = Engine(model, Tok(), start=False, max_batch_size=4, block_size=4)
-        assert paged_cache._in_place_decode(model.config, engine.cache.keys) is in_place
+        assert paged_cache.in_place_decode(model.config, engine.cache.keys) is in_place
         seqs = [Sequence(list(range(5 + 7 * i, 18 + 9 * i)), GenerationConfig(max_new_tokens=6, do_sample=False, ignore_eos=True)) for i in range(3)]
         engine.submit(seqs)
         while not all(s.done.is_set() for s in seqs):
@@ -88,8 +88,8 @@ def test_engine_decode_rows_agree_with_the_gathered_sdpa_path(monkeypatch):
 
 def test_alibi_and_other_dtypes_keep_the_gathered_path():
     keys = torch.zeros(4, 1, 64)
-    assert not paged_cache._in_place_decode(FalconConfig.from_preset("tiny-rw"), keys)  # ALiBi bias
-    assert not paged_cache._in_place_decode(FalconConfig.from_preset("tiny-7b"), keys.bfloat16())
+    assert not paged_cache.in_place_decode(FalconConfig.from_preset("tiny-rw"), keys)  # ALiBi bias
+    assert not paged_cache.in_place_decode(FalconConfig.from_preset("tiny-7b"), keys.bfloat16())
 
 
 @needs_kernel
@@ -109,3 +109,40 @@ def test_compiled_rope_gives_torch_bits_on_strided_views_and_steps_aside_for_aut
     assert not falcon._compiled_rope(leaf, cos, sin)  # training keeps torch's ops (and their gradients)
     falcon.apply_rope(leaf, cos, sin).sum().backward()
     assert leaf.grad is not None
+
+
+@needs_kernel
+@pytest.mark.parametrize("preset", ["tiny-7b", "tiny-40b"])
+def test_generate_reads_the_unpaged_cache_in_place_with_the_gathered_paths_tokens(preset, monkeypatch):
+    from falconlm.decoding.generate import generate
+    from falconlm.model.falcon import build_model
+
+    model = build_model(FalconConfig.from_preset(preset), seed=5).eval()
+    ids = torch.randint(3, 1000, (1, 9), generator=torch.Generator().manual_seed(0))
+    calls = []
+    namespace = torch.ops.falconlm_quant
+    real = namespace.decode_attention
+
+    class Spy:
+        def __getattr__(self, name):
+            if name == "decode_attention":
+                return lambda *a: calls.append(a[0].shape) or real(*a)
+            return getattr(namespace, name)
+
+    out = {}
+    for in_place in (True, False):
+        monkeypatch.setattr(paged_cache, "in_place_attention", in_place)
+        monkeypatch.setattr(torch.ops, "falconlm_quant", Spy(), raising=False)
+        with torch.no_grad():
+            cache = model.new_cache(1, 32)
+            logits = [model(ids, cache=cache)[:, -1]]
+            token = logits[-1].argmax(-1, keepdim=True)
+            for _ in range(6):
+                logits.append(model(token, cache=cache)[:, -1])
+                token = logits[-1].argmax(-1, keepdim=True)
+        out[in_place] = torch.cat(logits)
+        monkeypatch.undo()
+        if in_place:
+            assert len(calls) == 6 * model.config.num_hidden_layers  # every decode step, every layer
+    assert torch.allclose(out[True], out[False], atol=1e-5, rtol=1e-4)
+    assert torch.equal(generate(model, ids, max_new_tokens=8, eos_token_id=[]), generate(model, ids, max_new_tokens=8, eos_token_id=[]))

@@ -77,13 +77,14 @@ def test_a_row_gets_the_same_bits_alone_batched_and_on_one_thread():
 @needs_kernel
 def test_kernel_used_only_where_it_applies(monkeypatch):
     calls = []
-    real = torch.ops.falconlm_quant.f32_mm
+    namespace = torch.ops.falconlm_quant
+    real = namespace.f32_mm
 
     class Spy:
         def __getattr__(self, name):
             if name == "f32_mm":
                 return lambda *a: calls.append(a[0].shape) or real(*a)
-            return getattr(torch.ops.falconlm_quant, name)
+            return getattr(namespace, name)
 
     monkeypatch.setattr(torch.ops, "falconlm_quant", Spy(), raising=False)
     w = torch.randn(40, 48)

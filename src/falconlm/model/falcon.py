@@ -18,7 +18,7 @@ from torch import nn
 
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
-from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout
+from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout, in_place_decode
 from falconlm.model.linear import linear
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -142,6 +142,14 @@ class FalconAttention(nn.Module):
             return self.dense(ctx.paged.attend(self.layer_idx, q, k, v, self.stored_kv_heads))
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v, ctx.slots)
+            if ctx.in_place is not None:  # one new token per row: read the cache in place (model/paged_cache.py)
+                slots, lengths = ctx.in_place
+                cache, d = ctx.cache, self.head_dim
+                out = torch.ops.falconlm_quant.decode_attention(
+                    q[:, :, 0].contiguous(), cache.keys[self.layer_idx], cache.values[self.layer_idx], slots, lengths, d**-0.5,
+                    self.stored_kv_heads, d, cache.max_length * d,
+                )
+                return self.dense(out.view(b, 1, self.num_heads * d))
         out = self._attend(q, k, v, ctx)
         return self.dense(out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
@@ -221,10 +229,10 @@ class FalconModel(nn.Module):
 class _ForwardContext:
     """What every layer of one forward call shares: rotary tables, the mask, the cache slots."""
 
-    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots", "paged")
+    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots", "paged", "in_place")
 
     def __init__(self) -> None:
-        self.cos = self.sin = self.mask = self.cache = self.slots = self.paged = None
+        self.cos = self.sin = self.mask = self.cache = self.slots = self.paged = self.in_place = None
         self.causal_only = False
 
 
@@ -343,6 +351,10 @@ class FalconForCausalLM(nn.Module):
         all_valid = bool(key_valid.all())
         if self.config.rotary:
             ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, dtype)
+        if cache is not None and t == 1 and all_valid and self.config.rotary and not torch.is_grad_enabled() and in_place_decode(self.config, cache.keys):
+            # Row b's slot s is b * kv * max_length + s in the (B, kv, max_length, D) cache; every slot so far is valid.
+            rows = torch.arange(b, device=device)[:, None] * (cache.keys.shape[2] * cache.max_length)
+            ctx.in_place = (rows + torch.arange(past + 1, device=device)[None, :], torch.full((b,), past + 1, dtype=torch.long, device=device))
         # Masks: the fast causal path when nothing is padded and nothing is cached.
         if self.config.rotary and all_valid and past == 0 and t > 1:
             ctx.causal_only = True

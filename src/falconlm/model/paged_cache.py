@@ -95,7 +95,7 @@ class PagedAttention:
         device = layout.slots.device
         self.decode_mask = None
         rows = layout.decode_rows
-        self.in_place = bool(rows) and _in_place_decode(config, cache.keys)
+        self.in_place = bool(rows) and in_place_decode(config, cache.keys)
         if rows and not self.in_place:
             s = layout.decode_keys.shape[1]
             allowed = torch.arange(s, device=device)[None, :] < layout.decode_lengths[:, None]  # (R, S)
@@ -130,7 +130,7 @@ class PagedAttention:
         rows = self.layout.decode_rows
         if self.in_place:
             qd = q[0, :, :rows].transpose(0, 1).contiguous()  # (rows, heads, D)
-            attended = torch.ops.falconlm_quant.decode_attention(qd, keys, values, self.layout.decode_keys, self.layout.decode_lengths, d**-0.5)
+            attended = torch.ops.falconlm_quant.decode_attention(qd, keys, values, self.layout.decode_keys, self.layout.decode_lengths, d**-0.5, kv_heads, kv_heads * d, d)
             out.append(attended.view(rows, h * d))
         elif rows:
             # One query per row: fold the group's query heads into the query axis against the shared KV head.
@@ -162,7 +162,7 @@ class PagedAttention:
         return torch.cat(out)[None] if len(out) > 1 else out[0][None]
 
 
-def _in_place_decode(config: FalconConfig, keys: torch.Tensor) -> bool:
+def in_place_decode(config: FalconConfig, keys: torch.Tensor) -> bool:
     """Whether decode rows attend in place through the compiled kernel: fp32 on a CPU that has it, RoPE (no ALiBi bias), a head size it takes."""
     if config.alibi or keys.dtype != torch.float32 or keys.device.type != "cpu" or config.head_dim not in (16, 32, 48, 64, 96, 128) or not in_place_attention:
         return False
