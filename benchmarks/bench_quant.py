@@ -271,16 +271,6 @@ def kernel_table(threads: int, batch_rows: tuple[int, ...] = (1, 16, 256)) -> li
 
     torch.set_num_threads(threads)
     rows = []
-
-    def best(fn, n):
-        fn()
-        t = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-        return min(t)
-
     for n, k in ((3072, 768), (768, 3072), (65024, 768)):
         w = torch.randn(n, k)
         q8 = QuantLinear.from_float(w, QuantSpec(bits=8))
@@ -293,11 +283,11 @@ def kernel_table(threads: int, batch_rows: tuple[int, ...] = (1, 16, 256)) -> li
             x, reps = torch.randn(m, k), 50 if m == 1 else 5
             rows.append({
                 "shape": f"{m}x{k} @ {k}x{n}",
-                "fp32_us": best(lambda: linear(x, w), reps) * 1e6,
-                "ours_int8_us": best(lambda: q8(x), reps) * 1e6,
-                "torch_int8pack_us": best(lambda: torch._weight_int8pack_mm(x, wi8, s8), reps) * 1e6,
-                "ours_int4_us": best(lambda: q4(x), reps) * 1e6,
-                "torch_int4pack_us": best(lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 128, sz), reps) * 1e6,
+                "fp32_us": _best(lambda: linear(x, w), reps) * 1e6,
+                "ours_int8_us": _best(lambda: q8(x), reps) * 1e6,
+                "torch_int8pack_us": _best(lambda: torch._weight_int8pack_mm(x, wi8, s8), reps) * 1e6,
+                "ours_int4_us": _best(lambda: q4(x), reps) * 1e6,
+                "torch_int4pack_us": _best(lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 128, sz), reps) * 1e6,
             })
     return rows
 
@@ -320,8 +310,7 @@ def fp32_table(threads: int, batch_rows: tuple[int, ...] = (1, 4, 8, 16, 24, 32,
             times = {}
             for name, on in (("ours", True), ("onednn", False)):
                 lin.few_rows_kernel = on
-                run()
-                times[name] = min(_timed(run) for _ in range(3)) / len(layers)
+                times[name] = _best(run, 3) / len(layers)
             lin.few_rows_kernel = True
             gb = layers[0].nbytes / 1e9
             rows.append({"shape": f"{m}x{k} @ {k}x{n}", "ours_us": times["ours"] * 1e6, "onednn_us": times["onednn"] * 1e6,
@@ -329,10 +318,15 @@ def fp32_table(threads: int, batch_rows: tuple[int, ...] = (1, 4, 8, 16, 24, 32,
     return rows
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _best(fn, n: int) -> float:
+    """The shortest of n timed calls of fn, after one untimed call."""
     fn()
-    return time.perf_counter() - t0
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def main() -> None:

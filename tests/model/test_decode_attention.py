@@ -113,26 +113,16 @@ def test_compiled_rope_gives_torch_bits_on_strided_views_and_steps_aside_for_aut
 
 @needs_kernel
 @pytest.mark.parametrize("preset", ["tiny-7b", "tiny-40b"])
-def test_generate_reads_the_unpaged_cache_in_place_with_the_gathered_paths_tokens(preset, monkeypatch):
+def test_generate_reads_the_unpaged_cache_in_place_with_the_gathered_paths_tokens(preset, monkeypatch, kernel_calls):
     from falconlm.decoding.generate import generate
     from falconlm.model.falcon import build_model
 
     model = build_model(FalconConfig.from_preset(preset), seed=5).eval()
     ids = torch.randint(3, 1000, (1, 9), generator=torch.Generator().manual_seed(0))
-    calls = []
-    namespace = torch.ops.falconlm_quant
-    real = namespace.decode_attention
-
-    class Spy:
-        def __getattr__(self, name):
-            if name == "decode_attention":
-                return lambda *a: calls.append(a[0].shape) or real(*a)
-            return getattr(namespace, name)
-
     out = {}
     for in_place in (True, False):
         monkeypatch.setattr(paged_cache, "in_place_attention", in_place)
-        monkeypatch.setattr(torch.ops, "falconlm_quant", Spy(), raising=False)
+        calls = kernel_calls("decode_attention")
         with torch.no_grad():
             cache = model.new_cache(1, 32)
             logits = [model(ids, cache=cache)[:, -1]]
@@ -140,9 +130,9 @@ def test_generate_reads_the_unpaged_cache_in_place_with_the_gathered_paths_token
             for _ in range(6):
                 logits.append(model(token, cache=cache)[:, -1])
                 token = logits[-1].argmax(-1, keepdim=True)
-        out[in_place] = torch.cat(logits)
+        # every decode step of every layer in place, or none
+        assert len(calls) == (6 * model.config.num_hidden_layers if in_place else 0)
+        out[in_place] = (torch.cat(logits), generate(model, ids, max_new_tokens=8, eos_token_id=[]))
         monkeypatch.undo()
-        if in_place:
-            assert len(calls) == 6 * model.config.num_hidden_layers  # every decode step, every layer
-    assert torch.allclose(out[True], out[False], atol=1e-5, rtol=1e-4)
-    assert torch.equal(generate(model, ids, max_new_tokens=8, eos_token_id=[]), generate(model, ids, max_new_tokens=8, eos_token_id=[]))
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(out[True][1], out[False][1])

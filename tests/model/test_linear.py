@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from falconlm.model import linear as lin
+from falconlm.quant import kernels
 
 pytestmark = pytest.mark.skipif(not lin.AVAILABLE, reason="torch built without oneDNN")
 
@@ -38,7 +39,7 @@ def test_standard_path_under_autocast_and_for_other_dtypes():
 
 # ----------------------------------------------------------------------------- the few-row fp32 kernel
 
-needs_kernel = pytest.mark.skipif(not lin._f32_kernel(), reason="falconlm's fp32 kernel is not built here (no compiler or no AVX-512)")
+needs_kernel = pytest.mark.skipif(not kernels.f32_available(), reason="falconlm's fp32 kernel is not built here (no compiler or no AVX-512)")
 
 
 @needs_kernel
@@ -75,18 +76,8 @@ def test_a_row_gets_the_same_bits_alone_batched_and_on_one_thread():
 
 
 @needs_kernel
-def test_kernel_used_only_where_it_applies(monkeypatch):
-    calls = []
-    namespace = torch.ops.falconlm_quant
-    real = namespace.f32_mm
-
-    class Spy:
-        def __getattr__(self, name):
-            if name == "f32_mm":
-                return lambda *a: calls.append(a[0].shape) or real(*a)
-            return getattr(namespace, name)
-
-    monkeypatch.setattr(torch.ops, "falconlm_quant", Spy(), raising=False)
+def test_kernel_used_only_where_it_applies(kernel_calls):
+    calls = kernel_calls("f32_mm")
     w = torch.randn(40, 48)
     lin.linear(torch.randn(3, 2, 48), w)  # 6 rows: the kernel
     lin.linear(torch.randn(lin.SMALL_ROWS + 1, 48), w)  # too many rows: oneDNN

@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from falconlm.quant import kernels
+
 _AVAILABLE = hasattr(torch, "_weight_int8pack_mm")
 _ERROR_SCALE = 2.0  # >= 1.494, the rounding of w, of its bf16 scale and of the bf16 input (see above)
 _OUTPUT_REL = 2.0**-7  # bf16 rounding of the approximate logit, doubled
@@ -168,8 +170,6 @@ class HeadScreen:
 
 def _row_range(approx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's minimum and maximum score as fp32 (NaN or infinite where the row holds a non-finite score)."""
-    from falconlm.quant import kernels
-
     if kernels.f32_available() and approx.is_contiguous():
         both = torch.ops.falconlm_quant.row_range(approx)
         return both[:, 0], both[:, 1]
@@ -179,8 +179,6 @@ def _row_range(approx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _columns_reaching(approx: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Sorted ids of the vocabulary columns where some row's score reaches that row's threshold."""
-    from falconlm.quant import kernels
-
     if kernels.f32_available() and approx.is_contiguous():
         return torch.ops.falconlm_quant.columns_reaching(approx, thresholds.float().contiguous()).nonzero().squeeze(1)
     return (approx >= thresholds[:, None]).any(dim=0).nonzero().squeeze(1)
@@ -188,8 +186,6 @@ def _columns_reaching(approx: torch.Tensor, thresholds: torch.Tensor) -> torch.T
 
 def _own_kernel(width: int) -> bool:
     """Whether falconlm's int8 kernel is built here and takes a row of this width as one group."""
-    from falconlm.quant import kernels
-
     return width % 16 == 0 and kernels.available()
 
 

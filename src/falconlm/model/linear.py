@@ -19,17 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from falconlm.quant import kernels
+
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 enabled = AVAILABLE  # set False to compare against F.linear
 few_rows_kernel = True  # set False to compare oneDNN alone
 SMALL_ROWS = 24  # at 32 rows oneDNN's GEMM matches the kernel and past that it wins (bench_quant.py --kernels)
-
-
-def _f32_kernel() -> bool:
-    """Whether falconlm's compiled fp32 few-row kernel is here (AVX-512, and the extension built and probed)."""
-    from falconlm.quant import kernels
-
-    return kernels.f32_available()
 
 
 def _onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -84,7 +79,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x2d = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         y = _OneDNNLinear.apply(x2d, weight)
-    elif x2d.shape[0] <= SMALL_ROWS and few_rows_kernel and weight.is_contiguous() and _f32_kernel():
+    elif x2d.shape[0] <= SMALL_ROWS and few_rows_kernel and weight.is_contiguous() and kernels.f32_available():
         y = torch.ops.falconlm_quant.f32_mm(x2d.contiguous(), weight)
     else:
         y = _onednn_mm(x2d, weight)

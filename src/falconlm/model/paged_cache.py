@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from falconlm.model.config import FalconConfig
+from falconlm.quant import kernels
 
 
 class PagedKVCache:
@@ -166,8 +167,6 @@ def in_place_decode(config: FalconConfig, keys: torch.Tensor) -> bool:
     """Whether decode rows attend in place through the compiled kernel: fp32 on a CPU that has it, RoPE (no ALiBi bias), a head size it takes."""
     if config.alibi or keys.dtype != torch.float32 or keys.device.type != "cpu" or config.head_dim not in (16, 32, 48, 64, 96, 128) or not in_place_attention:
         return False
-    from falconlm.quant import kernels
-
     return kernels.f32_available()
 
 

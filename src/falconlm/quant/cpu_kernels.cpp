@@ -67,6 +67,13 @@
 #define FALCONLM_AVX512 1
 #endif
 
+#ifdef FALCONLM_AVX512
+namespace {
+// The lanes of a 16-wide vector that hold one of the `left` remaining values.
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1); }
+}  // namespace
+#endif
+
 namespace {
 
 // Rows of the output each parallel task takes in q8_mm: enough to amortise the task, few enough to balance.
@@ -200,7 +207,7 @@ void a8_tile(const A8Problem& p, int64_t m0, int64_t t0, int64_t a0, int64_t a1,
   }
   for (int j = 0; j < NT; ++j) {
     const int64_t n0 = (t0 + j) * 16, left = std::min<int64_t>(16, p.N - n0);
-    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 mask = tail_mask(left);
     for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, y[m][j]);
   }
 }
@@ -333,7 +340,7 @@ inline void f32_block(const float* x, int64_t K, const float* w, float* y, int64
     }
   }
   if (k < K) {  // the last K % 16 inputs, masked (zeros add nothing)
-    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __mmask16 m = tail_mask(K - k);
     __m512 wv[O];
     for (int o = 0; o < O; ++o) wv[o] = _mm512_maskz_loadu_ps(m, w + o * K + k);
     for (int r = 0; r < R; ++r) {
@@ -470,13 +477,13 @@ void attend_row(const float* q, int64_t G, const float* keys, const float* value
     float* sc = scores.data() + g * Sp;
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t s = 0; s < S; s += 16) {
-      const __mmask16 m = S - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (S - s)) - 1);
+      const __mmask16 m = tail_mask(S - s);
       mx = _mm512_mask_max_ps(mx, m, mx, _mm512_loadu_ps(sc + s));
     }
     const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
     __m512 total = _mm512_setzero_ps();
     for (int64_t s = 0; s < S; s += 16) {
-      const __mmask16 m = S - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (S - s)) - 1);
+      const __mmask16 m = tail_mask(S - s);
       const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sc + s), top)));
       _mm512_storeu_ps(sc + s, e);
       total = _mm512_add_ps(total, e);
@@ -527,8 +534,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
-  // Every read must land inside the storage: slot * slot_stride + head * head_stride + D <= numel.
   TORCH_CHECK(D == 16 || D == 32 || D == 48 || D == 64 || D == 96 || D == 128, "decode_attention: head size must be 16, 32, 48, 64, 96 or 128");
+  // Every read must land inside the storage: slot * slot_stride + head * head_stride + D <= numel.
   int64_t top = 0, bottom = 0;
   for (int64_t i = 0; i < R * S; ++i) top = std::max(top, sp[i]), bottom = std::min(bottom, sp[i]);
   TORCH_CHECK(bottom >= 0 && slot_stride >= D && head_stride >= 0 && top * slot_stride + (KV - 1) * head_stride + D <= keys.numel(), "decode_attention: a slot is outside the cache");
@@ -587,7 +594,7 @@ at::Tensor row_range(const at::Tensor& scores) {
       __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
       __mmask16 bad = 0;
       for (int64_t v = 0; v < V; v += 16) {
-        const __mmask16 m = V - v >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (V - v)) - 1);
+        const __mmask16 m = tail_mask(V - v);
         const __m512 x = load16(base + b * row_bytes, v, bf16, m);
         bad |= _mm512_mask_fpclass_ps_mask(m, x, 0x99);  // QNaN, SNaN, +inf, -inf
         lo = _mm512_mask_min_ps(lo, m, lo, x);
@@ -616,7 +623,7 @@ at::Tensor columns_reaching(const at::Tensor& scores, const at::Tensor& threshol
   at::parallel_for(0, (V + 15) / 16, 256, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t v = c * 16;
-      const __mmask16 m = V - v >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (V - v)) - 1);
+      const __mmask16 m = tail_mask(V - v);
       __mmask16 hit = 0;
       for (int64_t b = 0; b < B; ++b)  // a NaN score or threshold compares false, as torch's >= does
         hit |= _mm512_mask_cmp_ps_mask(m, load16(base + b * row_bytes, v, bf16, m), _mm512_set1_ps(t[b]), _CMP_GE_OQ);
