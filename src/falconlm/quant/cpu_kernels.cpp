@@ -12,10 +12,15 @@
 // Why: PyTorch 2.13's weight-only CPU kernels stream 1.8 GB/s (int8) and 0.33 GB/s (int4) against
 // 22 GB/s for oneDNN's fp32 one, and a weight-only kernel that converts every weight to fp32 is
 // compute-bound past a few rows (16 rows of a 3,072 x 768 layer: 1.65 ms, fp32 0.93); integer
-// products take 0.28 ms there, and about half the fp32 GEMM's time at 256 rows
-// (benchmarks/bench_quant.py --kernels). AMX tiles were tried for many rows and lost: with a scale
-// per 32 inputs, folding each group's sums out of the stored tiles cost more than the products.
-//
+// products take 0.13 ms there, and under half the fp32 GEMM's time at 256 rows
+// (benchmarks/bench_quant.py --kernels). A register block is 4 rows x 4 tiles of 16 outputs: 16
+// int32 accumulators fed by 8 loads per 16 products; the fp32 running sums live in a small buffer
+// in L1, touched once per input group. The products are written as inline asm because GCC 12
+// copies every accumulator on each step through the intrinsic (vpdpbusd has one destructive form),
+// which made the inner loop twice as long (4 rows x 2 tiles then: 16-row decode linears 1.25x slower).
+// AMX tiles were tried for many rows: with a scale per 32 inputs each 16 x 16 tile of sums has to
+// be stored and folded with AVX-512 after every group, and a standalone 256-row kernel ran at
+// 1.2-1.45x this one on one core, not enough to carry a second code path.
 // Layout (in memory; the GPTQ on-disk form converts to and from it), N padded to Np = 16 * tiles:
 //   int8: uint8 [tiles][K/4][16][4]: a 64-byte vector holds 4 consecutive weights of 16 outputs.
 //   int4: uint8 [tiles][K/8][16][4]: the low nibbles are weights k..k+3 and the high nibbles
@@ -91,10 +96,37 @@ inline float zero_term(const float* sz, const float* xsum, int64_t G) {
 // ----------------------------------------------------------------------------- qa8_mm
 
 // One row's input quantized group by group: xq = round(x / sx) with sx = max|x| / 127 (0 for an
-// all-zero group), and the integer sum of each group's xq, times `zero` when every output has that
-// zero point (the zero-point term itself), for the fold.
-void quantize_row(const float* x, int64_t K, int64_t ag, int32_t zero, int8_t* xq, float* sx, int32_t* xsum) {
-  for (int64_t a = 0; a < K / ag; ++a) {
+// all-zero group), and each group's zero-point offset for the fold: -zero * sum xq when every output
+// has that one zero point, -sum xq otherwise (the kernel multiplies it by each output's zero).
+void quantize_row(const float* x, int64_t K, int64_t ag, int32_t zero, int8_t* xq, float* sx, int32_t* xoff) {
+  int64_t a = 0;
+#ifdef FALCONLM_AVX512
+  // 16 values at a time, the same arithmetic: an exact division and round-half-even conversion (the
+  // default rounding mode, as nearbyint), so it gives the scalar loop's bits at a tenth of its time.
+  if (ag % 16 == 0) {
+    const __m512 lim = _mm512_set1_ps(127.f);
+    for (; a < K / ag; ++a) {
+      const float* xa = x + a * ag;
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t k = 0; k < ag; k += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(xa + k)));
+      const float scale = _mm512_reduce_max_ps(mx) / 127.f;
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t k = 0; k < ag; k += 16) {
+        __m512i v = _mm512_setzero_si512();
+        if (scale > 0.f) {
+          const __m512 r = _mm512_div_ps(_mm512_loadu_ps(xa + k), _mm512_set1_ps(scale));
+          v = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(r, lim), -lim));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + a * ag + k), _mm512_cvtsepi32_epi8(v));
+        sum = _mm512_add_epi32(sum, v);
+      }
+      const int32_t total = _mm512_reduce_add_epi32(sum);
+      sx[a] = scale;
+      xoff[a] = zero >= 0 ? -total * zero : -total;
+    }
+  }
+#endif
+  for (; a < K / ag; ++a) {
     const float* xa = x + a * ag;
     float amax = 0.f;
     for (int64_t k = 0; k < ag; ++k) amax = std::max(amax, std::fabs(xa[k]));
@@ -106,47 +138,72 @@ void quantize_row(const float* x, int64_t K, int64_t ag, int32_t zero, int8_t* x
       sum += xq[a * ag + k];
     }
     sx[a] = scale;
-    xsum[a] = zero >= 0 ? sum * zero : sum;
+    xoff[a] = zero >= 0 ? -sum * zero : -sum;
   }
 }
 
 struct A8Problem {
   const int8_t* xq;     // (M, K) quantized input
   const float* sx;      // (M, Ga) its group scales
-  const int32_t* xsum;  // (M, Ga) its group sums, times the zero point when every output has the same one
+  const int32_t* xoff;  // (M, Ga) its groups' zero-point offsets (see quantize_row)
   const uint8_t* q;     // packed weights
   const float* st;      // (G, Np)
   const int16_t* zt;    // (G, Np)
   float* y;             // (M, N)
   int64_t M, K, N, Np, group, ag, bits;
-  bool uniform_zero;    // one zero point for every output and group (symmetric weights): xsum holds z * sum xq
+  bool uniform_zero;    // one zero point for every output and group (symmetric weights): xoff holds -z * sum xq
   int64_t tile_bytes() const { return bits == 8 ? K * 16 : K * 8; }
 };
 
 // The fold, the same for every path and batch size, per output (m, n):
 //   per input group a:   t = fma(float(sum_k q * xq - z * sum_k xq), sx[m, a], t)   (integers exact)
 //   per weight group g:  y = fma(t, s[g, n], y), t = 0
+// The integer sum starts from the zero-point term, so the products land on the exact difference.
 #if defined(FALCONLM_AVX512) && defined(__AVX512VNNI__)
 #define FALCONLM_VNNI 1
-// MT rows of the input against NT tiles of 16 outputs, starting at row m0 and tile t0.
-// Input groups [a0, a1) only: a K block. Between blocks the two running sums of each output live
-// in `carry` (rows of 2 * NT vectors: y then t), so blocking changes no operation's order.
-template <int BITS, int MT, int NT, bool UNIFORM>
-void a8_tile(const A8Problem& p, int64_t m0, int64_t t0, int64_t a0, int64_t a1, float* carry) {
+// acc + the byte products of u (unsigned) and s (signed), in place. Through the intrinsic, GCC 12
+// copies every accumulator of a register block on each step (vpdpbusd has one destructive form),
+// which doubled the instructions of the inner loop; the tied asm operand keeps each in its register.
+inline __m512i dpbusd(__m512i acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+  return acc;
+}
+
+// Tiles of 16 outputs per register block, and rows per block: 16 int32 accumulators.
+constexpr int kTilesPerBlock = 4;
+constexpr int kRowsPerBlock = 4;
+
+// MT rows of the input (from m0) against NT tiles of 16 outputs (from t0), input groups [a0, a1)
+// only: a K block. Only the integer accumulators are held in registers; the two running fp32 sums
+// of each output (y, t) live in `sums`, rows of 2 * NT vectors, which stays in L1 and is read and
+// written once per input group (a fused multiply-add from memory and a store), not per product.
+// That leaves the registers for 4 x 4 accumulators: 16 products per 8 loads.
+template <int BITS, int MT, int NT, bool UNIFORM, bool ONE_GROUP>
+void a8_tile(const A8Problem& p, int64_t m0, int64_t t0, int64_t a0, int64_t a1, float* sums) {
   const int64_t K = p.K, Ga = K / p.ag, per_group = p.group / p.ag;
   const uint8_t* w[NT];
   for (int j = 0; j < NT; ++j) w[j] = p.q + (t0 + j) * p.tile_bytes();
-  __m512 y[MT][NT], t[MT][NT];
-  for (int m = 0; m < MT; ++m)
-    for (int j = 0; j < NT; ++j) {
-      y[m][j] = a0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(carry + ((m0 + m) * 2 * NT + j) * 16);
-      t[m][j] = a0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(carry + ((m0 + m) * 2 * NT + NT + j) * 16);
-    }
+  float* ys = sums + m0 * 2 * NT * 16;  // row m: y of tile j at (m * 2 * NT + j) * 16, t at (m * 2 * NT + NT + j) * 16
+  if (a0 == 0)
+    for (int m = 0; m < MT; ++m)
+      for (int j = 0; j < 2 * NT; ++j) _mm512_storeu_ps(ys + (m * 2 * NT + j) * 16, _mm512_setzero_ps());
   const __m512i nib = _mm512_set1_epi8(0x0F);
   for (int64_t a = a0; a < a1; ++a) {
+    const int64_t g = a / per_group;
     __m512i acc[MT][NT];
-    for (int m = 0; m < MT; ++m)
-      for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_setzero_si512();
+    if (UNIFORM) {
+      for (int m = 0; m < MT; ++m) {
+        const __m512i off = _mm512_set1_epi32(p.xoff[(m0 + m) * Ga + a]);
+        for (int j = 0; j < NT; ++j) acc[m][j] = off;
+      }
+    } else {
+      __m512i zv[NT];
+      for (int j = 0; j < NT; ++j) zv[j] = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zt + g * p.Np + (t0 + j) * 16)));
+      for (int m = 0; m < MT; ++m) {
+        const __m512i off = _mm512_set1_epi32(p.xoff[(m0 + m) * Ga + a]);
+        for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_mullo_epi32(zv[j], off);
+      }
+    }
     if (BITS == 8) {
       for (int64_t c = a * p.ag / 4; c < (a + 1) * p.ag / 4; ++c) {
         __m512i wv[NT];
@@ -155,7 +212,7 @@ void a8_tile(const A8Problem& p, int64_t m0, int64_t t0, int64_t a0, int64_t a1,
           int32_t xi;
           std::memcpy(&xi, p.xq + (m0 + m) * K + 4 * c, 4);
           const __m512i xb = _mm512_set1_epi32(xi);
-          for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_dpbusd_epi32(acc[m][j], wv[j], xb);
+          for (int j = 0; j < NT; ++j) acc[m][j] = dpbusd(acc[m][j], wv[j], xb);
         }
       }
     } else {
@@ -171,77 +228,87 @@ void a8_tile(const A8Problem& p, int64_t m0, int64_t t0, int64_t a0, int64_t a1,
           std::memcpy(&x0, p.xq + (m0 + m) * K + 8 * c, 4);
           std::memcpy(&x1, p.xq + (m0 + m) * K + 8 * c + 4, 4);
           const __m512i b0 = _mm512_set1_epi32(x0), b1 = _mm512_set1_epi32(x1);
-          for (int j = 0; j < NT; ++j) acc[m][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[m][j], lo[j], b0), hi[j], b1);
+          for (int j = 0; j < NT; ++j) acc[m][j] = dpbusd(dpbusd(acc[m][j], lo[j], b0), hi[j], b1);
         }
       }
     }
-    const int64_t g = a / per_group;
-    __m512i zv[NT];
-    if (!UNIFORM)
-      for (int j = 0; j < NT; ++j) zv[j] = _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.zt + g * p.Np + (t0 + j) * 16)));
     for (int m = 0; m < MT; ++m) {
-      const __m512i xs = _mm512_set1_epi32(p.xsum[(m0 + m) * Ga + a]);
       const __m512 sxm = _mm512_set1_ps(p.sx[(m0 + m) * Ga + a]);
-      for (int j = 0; j < NT; ++j) {
-        const __m512i exact = _mm512_sub_epi32(acc[m][j], UNIFORM ? xs : _mm512_mullo_epi32(zv[j], xs));
-        t[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sxm, t[m][j]);
-      }
+      float* tm = ys + (m * 2 * NT + NT) * 16;
+      for (int j = 0; j < NT; ++j) _mm512_storeu_ps(tm + j * 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m][j]), sxm, _mm512_loadu_ps(tm + j * 16)));
     }
-    if ((a + 1) % per_group == 0) {
+    if (!ONE_GROUP && (a + 1) % per_group == 0) {
       for (int j = 0; j < NT; ++j) {
         const __m512 sv = _mm512_loadu_ps(p.st + g * p.Np + (t0 + j) * 16);
         for (int m = 0; m < MT; ++m) {
-          y[m][j] = _mm512_fmadd_ps(t[m][j], sv, y[m][j]);
-          t[m][j] = _mm512_setzero_ps();
+          float* ym = ys + m * 2 * NT * 16;
+          _mm512_storeu_ps(ym + j * 16, _mm512_fmadd_ps(_mm512_loadu_ps(ym + (NT + j) * 16), sv, _mm512_loadu_ps(ym + j * 16)));
+          _mm512_storeu_ps(ym + (NT + j) * 16, _mm512_setzero_ps());
         }
       }
     }
   }
-  if (a1 < Ga) {
-    for (int m = 0; m < MT; ++m)
-      for (int j = 0; j < NT; ++j) {
-        _mm512_storeu_ps(carry + ((m0 + m) * 2 * NT + j) * 16, y[m][j]);
-        _mm512_storeu_ps(carry + ((m0 + m) * 2 * NT + NT + j) * 16, t[m][j]);
-      }
-    return;
-  }
+  if (a1 < Ga) return;
   for (int j = 0; j < NT; ++j) {
     const int64_t n0 = (t0 + j) * 16, left = std::min<int64_t>(16, p.N - n0);
     const __mmask16 mask = tail_mask(left);
-    for (int m = 0; m < MT; ++m) _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, y[m][j]);
+    // One weight group: y = fma(t, s, 0), the general fold's last step, rounds t * s once.
+    const __m512 sv = ONE_GROUP ? _mm512_loadu_ps(p.st + (t0 + j) * 16) : _mm512_setzero_ps();
+    for (int m = 0; m < MT; ++m) {
+      const float* ym = ys + m * 2 * NT * 16;
+      const __m512 out = ONE_GROUP ? _mm512_mul_ps(_mm512_loadu_ps(ym + (NT + j) * 16), sv) : _mm512_loadu_ps(ym + j * 16);
+      _mm512_mask_storeu_ps(p.y + (m0 + m) * p.N + n0, mask, out);
+    }
   }
 }
 
-// Weight bytes of a tile pair's K block: small enough to stay in L1 while every row block reads it
+// Weight bytes of a tile block's K block: small enough to stay in L1 while every row block reads it
 // (a 768-output, 3,072-input int8 layer at 256 rows: 2.1 -> 1.6 ms with 2 threads).
 constexpr int64_t kBlockBytes = 16 * 1024;
 
-template <int BITS, int NT, bool UNIFORM>
-void a8_rows(const A8Problem& p, int64_t t0, std::vector<float>& carry) {
-  constexpr int MT = 4;
+template <int BITS, int NT, bool UNIFORM, bool ONE_GROUP>
+void a8_rows(const A8Problem& p, int64_t t0, std::vector<float>& sums) {
+  constexpr int MT = kRowsPerBlock;
   const int64_t Ga = p.K / p.ag;
-  // One K block unless the rows are many and the pair's weights overflow L1.
+  // One K block unless the rows are many and the block's weights overflow L1.
   int64_t step = Ga;
-  if (p.M > MT && p.tile_bytes() * NT > kBlockBytes) {
-    step = std::max<int64_t>(1, kBlockBytes / NT / (p.tile_bytes() / Ga));
-    carry.resize(p.M * 2 * NT * 16);
-  }
+  if (p.M > MT && p.tile_bytes() * NT > kBlockBytes) step = std::max<int64_t>(1, kBlockBytes / NT / (p.tile_bytes() / Ga));
+  sums.resize(p.M * 2 * NT * 16);
   for (int64_t a0 = 0; a0 < Ga; a0 += step) {
     const int64_t a1 = std::min(Ga, a0 + step);
     int64_t m = 0;
-    for (; m + MT <= p.M; m += MT) a8_tile<BITS, MT, NT, UNIFORM>(p, m, t0, a0, a1, carry.data());
+    for (; m + MT <= p.M; m += MT) a8_tile<BITS, MT, NT, UNIFORM, ONE_GROUP>(p, m, t0, a0, a1, sums.data());
     switch (p.M - m) {
-      case 3: a8_tile<BITS, 3, NT, UNIFORM>(p, m, t0, a0, a1, carry.data()); break;
-      case 2: a8_tile<BITS, 2, NT, UNIFORM>(p, m, t0, a0, a1, carry.data()); break;
-      case 1: a8_tile<BITS, 1, NT, UNIFORM>(p, m, t0, a0, a1, carry.data()); break;
+      case 3: a8_tile<BITS, 3, NT, UNIFORM, ONE_GROUP>(p, m, t0, a0, a1, sums.data()); break;
+      case 2: a8_tile<BITS, 2, NT, UNIFORM, ONE_GROUP>(p, m, t0, a0, a1, sums.data()); break;
+      case 1: a8_tile<BITS, 1, NT, UNIFORM, ONE_GROUP>(p, m, t0, a0, a1, sums.data()); break;
       default: break;
     }
   }
 }
 
-template <int BITS, bool UNIFORM>
-void a8_pair(const A8Problem& p, int64_t t0, bool two, std::vector<float>& carry) {
-  two ? a8_rows<BITS, 2, UNIFORM>(p, t0, carry) : a8_rows<BITS, 1, UNIFORM>(p, t0, carry);
+template <int BITS, bool UNIFORM, bool ONE_GROUP, int NT = kTilesPerBlock>
+void a8_block(const A8Problem& p, int64_t t0, int64_t nt, std::vector<float>& sums) {
+  if constexpr (NT > 0) {
+    if (nt == NT) a8_rows<BITS, NT, UNIFORM, ONE_GROUP>(p, t0, sums);
+    else a8_block<BITS, UNIFORM, ONE_GROUP, NT - 1>(p, t0, nt, sums);
+  }
+}
+
+template <int BITS, bool UNIFORM, bool ONE_GROUP>
+void a8_all(const A8Problem& p) {
+  const int64_t tiles = p.Np / 16, blocks = (tiles + kTilesPerBlock - 1) / kTilesPerBlock;
+  // Blocks of outputs are handed to threads dynamically: a core taken by another process delays one block.
+  const bool parallel = p.M * p.N * p.K >= (int64_t{1} << 18) && !at::in_parallel_region();
+#pragma omp parallel num_threads(at::get_num_threads()) if (parallel)
+  {
+    std::vector<float> sums;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t t0 = b * kTilesPerBlock;
+      a8_block<BITS, UNIFORM, ONE_GROUP>(p, t0, std::min<int64_t>(kTilesPerBlock, tiles - t0), sums);
+    }
+  }
 }
 #endif
 
@@ -260,12 +327,11 @@ void a8_portable(const A8Problem& p, int64_t t0) {
     for (int64_t n = t0 * 16; n < std::min(p.N, (t0 + 1) * 16); ++n) {
       float y = 0.f, t = 0.f;
       for (int64_t a = 0; a < Ga; ++a) {
-        int32_t acc = 0;
-        for (int64_t k = a * p.ag; k < (a + 1) * p.ag; ++k) acc += static_cast<int32_t>(packed_at(p, n, k)) * p.xq[m * p.K + k];
         const int64_t g = a / per_group;
-        const int32_t xs = p.xsum[m * Ga + a];
-        const int32_t exact = acc - (p.uniform_zero ? xs : static_cast<int32_t>(p.zt[g * p.Np + n]) * xs);
-        t = std::fma(static_cast<float>(exact), p.sx[m * Ga + a], t);
+        const int32_t off = p.xoff[m * Ga + a];
+        int32_t acc = p.uniform_zero ? off : static_cast<int32_t>(p.zt[g * p.Np + n]) * off;
+        for (int64_t k = a * p.ag; k < (a + 1) * p.ag; ++k) acc += static_cast<int32_t>(packed_at(p, n, k)) * p.xq[m * p.K + k];
+        t = std::fma(static_cast<float>(acc), p.sx[m * Ga + a], t);
         if ((a + 1) % per_group == 0) {
           y = std::fma(t, p.st[g * p.Np + n], y);
           t = 0.f;
@@ -289,30 +355,30 @@ at::Tensor qa8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& st
   auto y = at::empty({M, N}, x.options());
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto sx = at::empty({M, Ga}, x.options());
-  auto xsum = at::empty({M, Ga}, x.options().dtype(at::kInt));
+  auto xoff = at::empty({M, Ga}, x.options().dtype(at::kInt));
   const float* X = x.data_ptr<float>();
   at::parallel_for(0, M, 4, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m)
       quantize_row(X + m * K, K, act_group, static_cast<int32_t>(uniform_zero), xq.data_ptr<int8_t>() + m * K, sx.data_ptr<float>() + m * Ga,
-                   xsum.data_ptr<int32_t>() + m * Ga);
+                   xoff.data_ptr<int32_t>() + m * Ga);
   });
-  const A8Problem p{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), xsum.data_ptr<int32_t>(), q.data_ptr<uint8_t>(), st.data_ptr<float>(),
+  const A8Problem p{xq.data_ptr<int8_t>(), sx.data_ptr<float>(), xoff.data_ptr<int32_t>(), q.data_ptr<uint8_t>(), st.data_ptr<float>(),
                     zt.data_ptr<int16_t>(), y.data_ptr<float>(), M, K, N, Np, group, act_group, bits, uniform_zero >= 0};
-  const int64_t tiles = Np / 16, pairs = (tiles + 1) / 2;
-  at::parallel_for(0, pairs, 4, [&](int64_t p0, int64_t p1) {
-    std::vector<float> carry;
-    for (int64_t pr = p0; pr < p1; ++pr) {
-      const int64_t t0 = 2 * pr;
 #ifdef FALCONLM_VNNI
-      const bool two = t0 + 1 < tiles;
-      if (bits == 8) p.uniform_zero ? a8_pair<8, true>(p, t0, two, carry) : a8_pair<8, false>(p, t0, two, carry);
-      else p.uniform_zero ? a8_pair<4, true>(p, t0, two, carry) : a8_pair<4, false>(p, t0, two, carry);
+  const bool one_group = group == K;
+  if (bits == 8) {
+    if (p.uniform_zero) one_group ? a8_all<8, true, true>(p) : a8_all<8, true, false>(p);
+    else one_group ? a8_all<8, false, true>(p) : a8_all<8, false, false>(p);
+  } else {
+    if (p.uniform_zero) one_group ? a8_all<4, true, true>(p) : a8_all<4, true, false>(p);
+    else one_group ? a8_all<4, false, true>(p) : a8_all<4, false, false>(p);
+  }
 #else
-      a8_portable(p, t0);
-      if (t0 + 1 < tiles) a8_portable(p, t0 + 1);
-#endif
-    }
+  const int64_t tiles = Np / 16;
+  at::parallel_for(0, tiles, 8, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) a8_portable(p, t);
   });
+#endif
   return y;
 }
 
@@ -459,6 +525,9 @@ void attend_row(const float* q, int64_t G, const float* keys, const float* value
   for (int64_t s0 = 0; s0 < S; s0 += 16) {
     const int64_t n = std::min<int64_t>(16, S - s0);
     for (int64_t j = 0; j < n; ++j) kptr[j] = keys + slots[s0 + j] * slot_stride;
+    // The cache is read from memory once per step, block by block through the slot list, where the
+    // hardware prefetcher cannot follow: fetch the next block's keys into L1 and this block's values
+    // into L2 (the weighted sum reads them next) while this block is scored.
     for (int64_t g = 0; g < G; ++g) {  // the block's keys stay in L1 across the group's query heads
       __m512 qv[DC], acc[16];
       for (int c = 0; c < DC; ++c) qv[c] = _mm512_loadu_ps(q + g * D + c * 16);
