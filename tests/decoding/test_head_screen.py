@@ -84,3 +84,29 @@ def test_screen_passes_give_torch_answers(dtype):
     got = head_screen._columns_reaching(scores, thresholds)
     want = (scores >= thresholds[:, None]).any(dim=0).nonzero().squeeze(1)
     assert torch.equal(got, want) and got.numel() > 3
+
+
+def test_greedy_pick_gives_torch_indices():
+    # The compiled row argmax against torch's max(dim): ties (the first one wins, -0 equals +0), a NaN
+    # anywhere (the first NaN wins), rows of -inf and +inf, and widths that are not a multiple of 16.
+    from falconlm.decoding.sampling import greedy_tokens
+    from falconlm.quant import kernels
+
+    if not kernels.f32_available():
+        pytest.skip("falconlm's kernels are not built here")
+    g = torch.Generator().manual_seed(0)
+    for width in (1, 5, 16, 17, 1003, 65024):
+        scores = torch.randn(9, width, generator=g)
+        scores[1] = float("-inf")
+        scores[2, width // 2 :] = scores[2].max() + 1  # a tie: the first of the equal maxima
+        scores[3, -1] = float("nan")
+        scores[4, 0] = float("nan")
+        scores[4, width // 3] = float("nan")
+        scores[5, -1] = float("inf")
+        scores[6] = 0.0
+        scores[6, ::2] = -0.0  # -0 and +0 compare equal: index 0 either way
+        scores[7] = scores[7].round()  # many exact ties
+        got = greedy_tokens(scores)
+        assert torch.equal(got, scores.max(dim=-1).indices), width
+    assert torch.equal(greedy_tokens(scores[:, ::2]), scores[:, ::2].max(dim=-1).indices)  # a strided view
+    assert greedy_tokens(torch.zeros(0, 7)).shape == (0,)
