@@ -15,7 +15,7 @@ needs_kernel = pytest.mark.skipif(not kernels.f32_available(), reason="falconlm'
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows,heads,kv,dim,span", [(3, 12, 1, 64, 37), (5, 4, 2, 16, 100), (2, 16, 2, 128, 17), (1, 1, 1, 32, 1), (4, 6, 3, 48, 300), (2, 10, 5, 96, 33)])
+@pytest.mark.parametrize("rows,heads,kv,dim,span", [(3, 12, 1, 64, 37), (5, 4, 2, 16, 100), (2, 16, 2, 128, 17), (1, 1, 1, 32, 1), (4, 6, 3, 48, 300), (2, 10, 5, 96, 33), (3, 4, 1, 32, 20), (2, 17, 1, 64, 45), (1, 71, 1, 64, 70)])
 def test_matches_float64_attention_through_scattered_slots(rows, heads, kv, dim, span):
     g = torch.Generator().manual_seed(rows * 100 + dim)
     pool = 1000
