@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from falconlm.model import paged_cache
 from falconlm.model.config import FalconConfig
@@ -32,6 +33,25 @@ def test_matches_float64_attention_through_scattered_slots(rows, heads, kv, dim,
         qq = q[r].double().view(kv, heads // kv, dim)
         want = torch.softmax(qq @ k.transpose(1, 2) / math.sqrt(dim), -1) @ v
         assert (out[r].double().view(kv, heads // kv, dim) - want).abs().max() < 1e-5
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv,past,chunk", [(12, 1, 0, 19), (8, 2, 37, 16), (3, 3, 5, 1)])
+def test_prefill_chunk_rows_attend_their_own_prefix_of_one_slot_list(heads, kv, past, chunk):
+    # One (1, S) slot list for every row: token i of the chunk reads the first past + i + 1 slots, as
+    # a causal SDPA over the chunk's whole context does.
+    g = torch.Generator().manual_seed(past + chunk)
+    dim, span = 32, past + chunk
+    keys, values = torch.randn(500, kv, dim, generator=g), torch.randn(500, kv, dim, generator=g)
+    context = torch.randperm(500, generator=g)[:span]
+    q = torch.randn(chunk, heads, dim, generator=g)
+    lengths = torch.arange(past + 1, span + 1)
+    out = torch.ops.falconlm_quant.decode_attention(q, keys, values, context[None], lengths, dim**-0.5, kv, kv * dim, dim)
+    k = keys[context].double().transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]  # (1, H, S, D)
+    v = values[context].double().transpose(0, 1).repeat_interleave(heads // kv, dim=0)[None]
+    allowed = torch.arange(span)[None, :] <= torch.arange(past, span)[:, None]
+    want = F.scaled_dot_product_attention(q.double().transpose(0, 1)[None], k, v, attn_mask=allowed)[0].transpose(0, 1)
+    assert (out.double() - want).abs().max() < 1e-5
 
 
 @needs_kernel

@@ -11,7 +11,10 @@ The linear layers see all T tokens at once; attention is done per part:
   through their slot lists (quant/cpu_kernels.cpp, decode_attention); elsewhere their keys are
   gathered through the tables into a (rows, kv, S, D) working set padded to the longest, with a
   validity mask, for SDPA;
-- each prefill chunk alone: its queries against its earlier slots plus its own keys, causal.
+- each prefill chunk alone: its queries against its earlier slots plus its own keys, causal. With
+  the kernels each of its tokens is a row of the same in-place attention over its own prefix of the
+  chunk's context (so a token's attention is computed the same way in a chunk of any size, and in a
+  decode step); elsewhere SDPA over the gathered context.
 Gathered padding points at the sequence's own first slot, so no slot that was never written is read.
 """
 
@@ -96,7 +99,8 @@ class PagedAttention:
         device = layout.slots.device
         self.decode_mask = None
         rows = layout.decode_rows
-        self.in_place = bool(rows) and in_place_decode(config, cache.keys)
+        self.kernel = in_place_decode(config, cache.keys)
+        self.in_place = bool(rows) and self.kernel
         if rows and not self.in_place:
             s = layout.decode_keys.shape[1]
             allowed = torch.arange(s, device=device)[None, :] < layout.decode_lengths[:, None]  # (R, S)
@@ -107,7 +111,11 @@ class PagedAttention:
             else:
                 self.decode_mask = allowed[:, None, None, :]
         self.chunk_masks: list[torch.Tensor | None] = []
+        # With the kernel, token i of a chunk attends the first past + i + 1 slots of the chunk's context.
+        self.chunk_lengths = [torch.arange(past + 1, past + n + 1, device=device) for _, n, past, _ in layout.chunks] if self.kernel else []
         for _, n, past, _ in layout.chunks:
+            if self.kernel:
+                continue
             if past == 0 and not config.alibi:
                 self.chunk_masks.append(None)  # plain causal
                 continue
@@ -144,6 +152,12 @@ class PagedAttention:
             if mask.shape[1] != 1:
                 mask = mask.reshape(rows, kv_heads, group, -1)
             out.append(F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask).reshape(rows, h * d))
+        if self.kernel:
+            for (off, n, _, context), lengths in zip(self.layout.chunks, self.chunk_lengths):
+                qc = q[0, :, off : off + n].transpose(0, 1).contiguous()  # (n, heads, D)
+                attended = torch.ops.falconlm_quant.decode_attention(qc, keys, values, context[None], lengths, d**-0.5, kv_heads, kv_heads * d, d)
+                out.append(attended.view(n, h * d))
+            return torch.cat(out)[None] if len(out) > 1 else out[0][None]
         for (off, n, past, context), mask in zip(self.layout.chunks, self.chunk_masks):
             qc = q[:, :, off : off + n]
             if past == 0:  # nothing cached: the chunk's own keys, no gather

@@ -658,13 +658,15 @@ void attend_row(const float* q, int64_t G, const float* keys, const float* value
 // q (R, H, D) fp32; keys and values: one layer's contiguous storage, where the key of slot s and KV
 // head h starts at s * slot_stride + h * head_stride (the paged pool (slots, KV, D): KV * D and D; a
 // (B, KV, T, D) cache: D and T * D, with slot b * KV * T + t); slots (R, S) int64, row r's first
-// lengths[r] entries being its context. Returns (R, H, D). D must be 16, 32, 48, 64, 96 or 128.
+// lengths[r] entries being its context, or (1, S), one list whose first lengths[r] entries are row
+// r's (the tokens of a prefill chunk, each attending its own prefix of the chunk's context).
+// Returns (R, H, D). D must be 16, 32, 48, 64, 96 or 128.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, const at::Tensor& slots, const at::Tensor& lengths, double scale,
                             int64_t kv_heads, int64_t slot_stride, int64_t head_stride) {
   TORCH_CHECK(has_f32(), "decode_attention needs AVX-512 (check has_f32() first)");
   TORCH_CHECK(q.dim() == 3 && keys.sizes() == values.sizes() && slots.dim() == 2 && lengths.dim() == 1, "decode_attention: bad ranks");
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2), KV = kv_heads;
-  TORCH_CHECK(KV >= 1 && H % KV == 0 && slots.size(0) == R && lengths.size(0) == R, "decode_attention: shapes disagree");
+  TORCH_CHECK(KV >= 1 && H % KV == 0 && (slots.size(0) == R || slots.size(0) == 1) && lengths.size(0) == R, "decode_attention: shapes disagree");
   TORCH_CHECK(q.scalar_type() == at::kFloat && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && slots.scalar_type() == at::kLong && lengths.scalar_type() == at::kLong, "decode_attention: dtypes");
   TORCH_CHECK(q.is_contiguous() && keys.is_contiguous() && values.is_contiguous() && slots.is_contiguous() && lengths.is_contiguous(), "decode_attention: contiguous tensors expected");
   const at::Tensor qs = q * scale;
@@ -680,7 +682,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   TORCH_CHECK(D == 16 || D == 32 || D == 48 || D == 64 || D == 96 || D == 128, "decode_attention: head size must be 16, 32, 48, 64, 96 or 128");
   // Every read must land inside the storage: slot * slot_stride + head * head_stride + D <= numel.
   int64_t top = 0, bottom = 0;
-  for (int64_t i = 0; i < R * S; ++i) top = std::max(top, sp[i]), bottom = std::min(bottom, sp[i]);
+  const int64_t slot_rows = slots.size(0), row_step = slot_rows == 1 ? 0 : S;
+  for (int64_t i = 0; i < slot_rows * S; ++i) top = std::max(top, sp[i]), bottom = std::min(bottom, sp[i]);
   TORCH_CHECK(bottom >= 0 && slot_stride >= D && head_stride >= 0 && top * slot_stride + (KV - 1) * head_stride + D <= keys.numel(), "decode_attention: a slot is outside the cache");
   for (int64_t r = 0; r < R; ++r) TORCH_CHECK(lp[r] >= 1 && lp[r] <= S, "decode_attention: a length is outside 1..S");
   const bool parallel = R * KV > 1 && !at::in_parallel_region();
@@ -695,12 +698,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
       const float* kh = kp + h * head_stride;
       const float* vh = vp + h * head_stride;
       switch (D / 16) {
-        case 1: attend_row<1>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
-        case 2: attend_row<2>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
-        case 3: attend_row<3>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
-        case 4: attend_row<4>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
-        case 6: attend_row<6>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
-        case 8: attend_row<8>(qr, G, kh, vh, slot_stride, sp + r * S, lp[r], o, scores); break;
+        case 1: attend_row<1>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
+        case 2: attend_row<2>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
+        case 3: attend_row<3>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
+        case 4: attend_row<4>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
+        case 6: attend_row<6>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
+        case 8: attend_row<8>(qr, G, kh, vh, slot_stride, sp + r * row_step, lp[r], o, scores); break;
         default: break;  // checked before the parallel region (an exception must not leave it)
       }
     }
