@@ -140,6 +140,9 @@ def _run(out: Path, files: list[Path], stages: list, recipe: str, config: Refine
         "skipped_input": skipped_input,
         "notes": notes,
     }
+    # Every task of this run has committed its outputs, so a temp name still here was written by a
+    # task whose node died (Ray re-ran it elsewhere) and whose worker outlived its raylet for a while.
+    remove_stale_temps_tree(out)
     # Wall time is kept out of stats.json so that a resumed run writes the same file.
     atomic_write_json(out / "stats.json", stats)
     if report:
