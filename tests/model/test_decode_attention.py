@@ -92,7 +92,7 @@ def test_engine_decode_rows_agree_with_the_gathered_sdpa_path(monkeypatch):
                 return "x" * len(ids)
 
         engine = Engine(model, Tok(), start=False, max_batch_size=4, block_size=4)
-        assert paged_cache.in_place_decode(model.config, engine.cache.keys) is in_place
+        assert paged_cache.attends_in_place(model.config, engine.cache.keys) is in_place
         seqs = [Sequence(list(range(5 + 7 * i, 18 + 9 * i)), GenerationConfig(max_new_tokens=6, do_sample=False, ignore_eos=True)) for i in range(3)]
         engine.submit(seqs)
         while not all(s.done.is_set() for s in seqs):
@@ -108,8 +108,8 @@ def test_engine_decode_rows_agree_with_the_gathered_sdpa_path(monkeypatch):
 
 def test_alibi_and_other_dtypes_keep_the_gathered_path():
     keys = torch.zeros(4, 1, 64)
-    assert not paged_cache.in_place_decode(FalconConfig.from_preset("tiny-rw"), keys)  # ALiBi bias
-    assert not paged_cache.in_place_decode(FalconConfig.from_preset("tiny-7b"), keys.bfloat16())
+    assert not paged_cache.attends_in_place(FalconConfig.from_preset("tiny-rw"), keys)  # ALiBi bias
+    assert not paged_cache.attends_in_place(FalconConfig.from_preset("tiny-7b"), keys.bfloat16())
 
 
 @needs_kernel

@@ -18,9 +18,9 @@ from torch import nn
 
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
-from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout, in_place_decode
-from falconlm.quant import kernels
 from falconlm.model.linear import linear
+from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout, attends_in_place
+from falconlm.quant import kernels
 
 _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -350,7 +350,7 @@ class FalconForCausalLM(nn.Module):
         all_valid = bool(key_valid.all())
         if self.config.rotary:
             ctx.cos, ctx.sin = rope_cos_sin(self.config, position_ids, dtype)
-        if cache is not None and t == 1 and all_valid and not torch.is_grad_enabled() and in_place_decode(self.config, cache.keys):
+        if cache is not None and t == 1 and all_valid and not torch.is_grad_enabled() and attends_in_place(self.config, cache.keys):
             # Row b's slot s is b * kv * max_length + s in the (B, kv, max_length, D) cache; every slot so far is valid.
             rows = torch.arange(b, device=device)[:, None] * (cache.keys.shape[2] * cache.max_length)
             ctx.in_place = (rows + torch.arange(past + 1, device=device)[None, :], torch.full((b,), past + 1, dtype=torch.long, device=device))
