@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from falconlm.model import paged_cache
+from falconlm.model import falcon, paged_cache
 from falconlm.model.config import FalconConfig
 from falconlm.quant import kernels
 
@@ -114,7 +114,6 @@ def test_alibi_and_other_dtypes_keep_the_gathered_path():
 
 @needs_kernel
 def test_compiled_rope_gives_torch_bits_on_strided_views_and_steps_aside_for_autograd():
-    from falconlm.model import falcon
 
     config = FalconConfig.from_preset("tiny-7b")
     d = config.head_dim
@@ -142,6 +141,7 @@ def test_generate_reads_the_unpaged_cache_in_place_with_the_gathered_paths_token
     out = {}
     for in_place in (True, False):
         monkeypatch.setattr(paged_cache, "in_place_attention", in_place)
+        monkeypatch.setattr(falcon, "fused_decode", False)  # the blocks' own forward (test_fused_decode.py: the compiled layer gives its bits)
         calls = kernel_calls("decode_attention")
         with torch.no_grad():
             cache = model.new_cache(1, 32)

@@ -18,7 +18,7 @@ from torch import nn
 
 from falconlm.model.config import FalconConfig
 from falconlm.model.kv_cache import KVCache
-from falconlm.model.linear import linear
+from falconlm.model.linear import NO_TENSOR, SMALL_ROWS, linear, runs_few_rows_kernel
 from falconlm.model.paged_cache import PagedAttention, PagedKVCache, PagedLayout, attends_in_place
 from falconlm.quant import kernels
 
@@ -31,6 +31,13 @@ class FalconLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.weight)
         return y if self.bias is None else y + self.bias
+
+    def kernel_plan(self, x2d: torch.Tensor) -> tuple[list[torch.Tensor], list[int]] | None:
+        """How `forward(x2d)` runs when it is one f32_mm call (the fused decode layer then makes it): its tensors and integers, else None."""
+        if not runs_few_rows_kernel(x2d, self.weight) or (self.bias is not None and self.bias.dtype != torch.float32):
+            return None
+        bias = NO_TENSOR if self.bias is None else self.bias
+        return [self.weight, NO_TENSOR, NO_TENSOR, bias], [0, 0, 0, 0, self.weight.shape[0], 0, int(self.bias is not None)]
 
 
 # ----------------------------------------------------------------------------- positions
@@ -202,6 +209,38 @@ class FalconDecoderLayer(nn.Module):
         # Tensor parallelism (falconlm.parallel) sets this to the all-reduce of the ranks' partial sums.
         self.reduce_outputs: Any = None
 
+    def decode_plan(self, x2d: torch.Tensor) -> tuple[list[torch.Tensor], list[int]] | None:
+        """The tensors and integers with which the compiled decode_layer runs this block's forward for the rows x2d, or None where it cannot.
+
+        It can where the block is this class with no hooks and no tensor-parallel reduce, and every
+        linear runs one of falconlm's kernels (kernel_plan); then it computes what `forward` does,
+        with the same kernels in the same order.
+        """
+        attn, mlp = self.self_attention, self.mlp
+        linears = (attn.query_key_value, attn.dense, mlp.dense_h_to_4h, mlp.dense_4h_to_h)
+        norms = (self.ln_attn, self.ln_mlp) if self.style == "parallel-2ln" else (self.input_layernorm, getattr(self, "post_attention_layernorm", None))
+        if type(self) is not FalconDecoderLayer or type(attn) is not FalconAttention or type(mlp) is not FalconMLP or self.reduce_outputs is not None:
+            return None
+        if not _plain_calls((self, attn, mlp, *linears, *[n for n in norms if n is not None])):
+            return None
+        tensors: list[torch.Tensor] = []
+        for norm in norms:
+            if norm is None:
+                tensors += [NO_TENSOR, NO_TENSOR]
+            elif type(norm) is nn.LayerNorm and norm.weight is not None and norm.bias is not None and norm.normalized_shape == (x2d.shape[1],) and norm.eps == attn.config.layer_norm_epsilon:
+                tensors += [norm.weight, norm.bias]
+            else:
+                return None
+        ints = [_STYLE_CODES[self.style], attn.num_heads, attn.stored_kv_heads, attn.head_dim]
+        for lin in linears:
+            # Only a class's own kernel_plan describes its forward (LoRA or tensor-parallel subclasses add to it).
+            plan = lin.kernel_plan(x2d) if "kernel_plan" in type(lin).__dict__ else None
+            if plan is None:
+                return None
+            tensors += plan[0]
+            ints += plan[1]
+        return tensors, ints
+
     def forward(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
         if self.style == "sequential":
             x = x + self.self_attention(self.input_layernorm(x), ctx)
@@ -213,6 +252,19 @@ class FalconDecoderLayer(nn.Module):
             attn, mlp = self.self_attention(h, ctx), self.mlp(h)
         out = mlp + attn
         return x + (out if self.reduce_outputs is None else self.reduce_outputs(out))
+
+
+fused_decode = True  # set False to run every decode step's blocks through their Python forward (the same bits, slower)
+_STYLE_CODES = {"parallel-1ln": 0, "parallel-2ln": 1, "sequential": 2}  # decode_layer's numbering (quant/cpu_kernels.cpp)
+
+
+def _plain_calls(modules: tuple[nn.Module, ...]) -> bool:
+    """Whether calling these modules runs only their forward: no hooks of their own or global ones."""
+    from torch.nn.modules import module as module_globals
+
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class FalconModel(nn.Module):
@@ -228,10 +280,12 @@ class FalconModel(nn.Module):
 class _ForwardContext:
     """What every layer of one forward call shares: rotary tables, the mask, the cache slots."""
 
-    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots", "paged", "in_place")
+    __slots__ = ("cos", "sin", "mask", "causal_only", "cache", "slots", "paged", "in_place", "fused")
 
     def __init__(self) -> None:
         self.cos = self.sin = self.mask = self.cache = self.slots = self.paged = self.in_place = None
+        # Decode rows only, attending in place: (the cache, its keys, values, write slots, read slots, lengths, slot stride, head stride) for decode_layer.
+        self.fused: tuple | None = None
         self.causal_only = False
 
 
@@ -317,9 +371,32 @@ class FalconForCausalLM(nn.Module):
     def _blocks(self, input_ids: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor:
         """Embeddings, every block under one forward context, the final LayerNorm."""
         x = self.transformer.word_embeddings(input_ids)
-        for layer in self.transformer.h:
-            x = layer(x, ctx)
+        fused = self._fused_blocks(x, ctx) if ctx.fused is not None else None
+        if fused is not None:
+            x = fused
+        else:
+            for layer in self.transformer.h:
+                x = layer(x, ctx)
         return self.transformer.ln_f(x)
+
+    def _fused_blocks(self, x: torch.Tensor, ctx: "_ForwardContext") -> torch.Tensor | None:
+        """Every block of a decode step through the compiled decode_layer (the bits of their forward), or None where a block has no plan."""
+        if not fused_decode or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return None
+        x2d = x.reshape(-1, x.shape[-1])
+        cache, keys, values, write, read, lengths, slot_stride, head_stride = ctx.fused
+        few_rows = x2d.shape[0] <= SMALL_ROWS  # the one thing about the rows a plan depends on (fp32 linears' kernel)
+        plans = cache.decode_plans.get(few_rows)
+        if plans is None:
+            plans = cache.decode_plans[few_rows] = [layer.decode_plan(x2d) for layer in self.transformer.h]
+        if any(plan is None for plan in plans):
+            return None
+        d, eps = self.config.head_dim, self.config.layer_norm_epsilon
+        cos, sin = ctx.cos.reshape(-1, d), ctx.sin.reshape(-1, d)
+        step = torch.ops.falconlm_quant.decode_layer
+        for i, (tensors, ints) in enumerate(plans):
+            x2d = step(x2d, tensors, ints, cos, sin, keys[i], values[i], write, read, lengths, slot_stride, head_stride, eps)
+        return x2d.view(x.shape)
 
     def forward_context(
         self,
@@ -354,6 +431,8 @@ class FalconForCausalLM(nn.Module):
             # Row b's slot s is b * kv * max_length + s in the (B, kv, max_length, D) cache; every slot so far is valid.
             rows = torch.arange(b, device=device)[:, None] * (cache.keys.shape[2] * cache.max_length)
             ctx.in_place = (rows + torch.arange(past + 1, device=device)[None, :], torch.full((b,), past + 1, dtype=torch.long, device=device))
+            if self.config.rotary:  # the new token of row b goes to slot past of each of its KV heads
+                ctx.fused = (cache, cache.keys, cache.values, rows[:, 0] + past, *ctx.in_place, self.config.head_dim, cache.max_length * self.config.head_dim)
         # Masks: the fast causal path when nothing is padded and nothing is cached.
         if self.config.rotary and all_valid and past == 0 and t > 1:
             ctx.causal_only = True
@@ -400,6 +479,9 @@ class FalconForCausalLM(nn.Module):
         """
         ctx = _ForwardContext()
         ctx.paged = PagedAttention(self.config, cache, layout, self.dtype, self.alibi_heads)
+        if ctx.paged.in_place and self.config.rotary and not layout.chunks and layout.decode_rows == input_ids.shape[1]:
+            kv, d = cache.keys.shape[2], self.config.head_dim
+            ctx.fused = (cache, cache.keys, cache.values, layout.slots.contiguous(), layout.decode_keys.contiguous(), layout.decode_lengths.contiguous(), kv * d, d)
         if self.config.rotary:
             if _rope_kind(self.config) == "dynamic":  # the base depends on the longest position: each sequence its own, as alone
                 tables = [rope_cos_sin(self.config, position_ids[:, off : off + n], self.dtype) for off, n in layout.parts()]

@@ -24,6 +24,9 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.max_length = max_length
         self.length = 0  # slots filled so far (the same for every row: pads take slots too)
+        # The compiled decode step's per-layer plans (FalconDecoderLayer.decode_plan), built on the first
+        # decode step: the weights do not change while a cache is in use, and building them costs more than a step's Python.
+        self.decode_plans: dict = {}
 
     @property
     def nbytes(self) -> int:

@@ -24,6 +24,7 @@ from falconlm.quant import kernels
 AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 enabled = AVAILABLE  # set False to compare against F.linear
 few_rows_kernel = True  # set False to compare oneDNN alone
+NO_TENSOR = torch.empty(0)  # an unused tensor slot of a kernel plan (see FalconLinear.kernel_plan)
 SMALL_ROWS = 24  # at 32 rows oneDNN's GEMM matches the kernel and past that it wins (bench_quant.py --kernels)
 
 
@@ -72,6 +73,17 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _onednn_mm(a.contiguous(), b.contiguous()) if _use_onednn(a, b) else a @ b.t()
 
 
+def few_rows_kernel_applies(rows: int, weight: torch.Tensor) -> bool:
+    """Whether an inference product of `rows` rows with this fp32 CPU weight runs falconlm's few-row kernel (else oneDNN)."""
+    return rows <= SMALL_ROWS and few_rows_kernel and weight.is_contiguous() and kernels.f32_available()
+
+
+def runs_few_rows_kernel(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear(x2d, weight)` is falconlm's few-row kernel (f32_mm) alone, as the fused decode layer then calls it."""
+    grad = torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad)
+    return _use_onednn(x2d, weight) and not grad and few_rows_kernel_applies(x2d.shape[0], weight)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T (no bias) for inputs of any leading shape."""
     if not _use_onednn(x, weight):
@@ -79,7 +91,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x2d = x.reshape(-1, x.shape[-1])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         y = _OneDNNLinear.apply(x2d, weight)
-    elif x2d.shape[0] <= SMALL_ROWS and few_rows_kernel and weight.is_contiguous() and kernels.f32_available():
+    elif few_rows_kernel_applies(x2d.shape[0], weight):
         y = torch.ops.falconlm_quant.f32_mm(x2d.contiguous(), weight)
     else:
         y = _onednn_mm(x2d, weight)

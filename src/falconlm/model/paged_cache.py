@@ -42,6 +42,7 @@ class PagedKVCache:
         self.keys = alloc(shape, dtype=dtype, device=device)
         self.values = alloc(shape, dtype=dtype, device=device)
         self.num_blocks, self.block_size = num_blocks, block_size
+        self.decode_plans: dict = {}  # as KVCache.decode_plans: the compiled decode step's per-layer plans, built once
 
     @staticmethod
     def bytes_per_block(config: FalconConfig, block_size: int, dtype: torch.dtype, kv_heads: int | None = None) -> int:

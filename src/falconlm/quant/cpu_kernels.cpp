@@ -827,9 +827,23 @@ at::Tensor columns_reaching(const at::Tensor& scores, const at::Tensor& threshol
 
 // ----------------------------------------------------------------------------- rope
 
+// One head of D values rotated: the same operations as torch's x * cos + cat(-x2, x1) * sin, in the
+// same order, two products and a sum (-ffp-contract=off keeps them two roundings).
+inline void rope_head(const float* x, const float* c, const float* s, int64_t D, float* o) {
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < half; ++d) {
+    const float p1 = x[d] * c[d], p2 = -x[d + half] * s[d];
+    o[d] = p1 + p2;
+  }
+  for (int64_t d = half; d < D; ++d) {
+    const float p1 = x[d] * c[d], p2 = x[d - half] * s[d];
+    o[d] = p1 + p2;
+  }
+}
+
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.stride(3) == 1 && x.size(3) % 2 == 0, "rope: x must be fp32 (B, H, T, D) with a contiguous, even last dimension");
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
   TORCH_CHECK(cos.dim() == 4 && cos.sizes() == sin.sizes() && cos.size(0) == B && cos.size(1) == 1 && cos.size(2) == T && cos.size(3) == D, "rope: cos and sin must be (B, 1, T, D)");
   TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "rope: contiguous fp32 cos and sin expected");
   auto out = at::empty({B, H, T, D}, x.options());
@@ -844,16 +858,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
       const float* xr = xp + b * sb + h * sh + t * st;
       const float* c = cp + (b * T + t) * D;
       const float* s = sp + (b * T + t) * D;
-      float* o = op + i * D;
-      // The same operations as torch's x * cos + cat(-x2, x1) * sin, in the same order: two products and a sum.
-      for (int64_t d = 0; d < half; ++d) {
-        const float p1 = xr[d] * c[d], p2 = -xr[d + half] * s[d];
-        o[d] = p1 + p2;
-      }
-      for (int64_t d = half; d < D; ++d) {
-        const float p1 = xr[d] * c[d], p2 = xr[d - half] * s[d];
-        o[d] = p1 + p2;
-      }
+      rope_head(xr, c, s, D, op + i * D);
     }
   });
   return out;
@@ -966,6 +971,93 @@ at::Tensor q8_mm(const at::Tensor& x, const at::Tensor& q, const at::Tensor& s, 
   return y;
 }
 
+// ----------------------------------------------------------------------------- decode_layer
+
+// The linears of one decoder layer as the model hands them over: 4 tensors and 7 integers each.
+//   ints:    kind (0: fp32 f32_mm, 1: int8/int4 qa8_mm), bits, group, act_group, N, uniform_zero, has_bias
+//   tensors: fp32: weight, -, -, bias;   quantized: q, scales, zeros, bias   (unused slots: empty tensors)
+constexpr int kLinearInts = 7, kLinearTensors = 4, kLayerInts = 4, kLayerTensors = 4;
+
+at::Tensor layer_linear(const at::Tensor& x, at::TensorList params, const int64_t* ints) {
+  at::Tensor y = ints[0] == 0 ? f32_mm(x, params[0]) : qa8_mm(x, params[0], params[1], params[2], ints[1], ints[2], ints[3], ints[4], ints[5]);
+  if (ints[6]) y.add_(params[3]);  // after the product, as the model's linears add it
+  return y;
+}
+
+// One Falcon decoder layer for R decode rows (one new token each), the same operations in the same
+// order as the model's Python forward (FalconDecoderLayer with in-place attention), so the same
+// bits: a decode step's per-op Python and dispatch cost (about 2.5 ms of a 7 ms batch-1 int4 token
+// on 2 cores) is gone, and the step is the kernels and two ATen ops per layer (layer_norm, gelu).
+//   x (R, hidden) fp32; spec: style (0 parallel, 1 parallel with two LayerNorms, 2 sequential),
+//   heads, KV heads, head size, then kLinearInts per linear (query_key_value, dense, dense_h_to_4h,
+//   dense_4h_to_h); params: LayerNorm weight, bias (the attention's), the second LayerNorm's (or
+//   empty), then kLinearTensors per linear. cos, sin (R, D): each row's rotary tables. The row's new
+//   key and value go to slot write_slots[r] of keys / values (one layer's storage, addressed as in
+//   decode_attention), and the row attends read_slots / lengths as decode_attention does.
+at::Tensor decode_layer(const at::Tensor& x, at::TensorList params, at::IntArrayRef spec, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& keys, const at::Tensor& values, const at::Tensor& write_slots, const at::Tensor& read_slots,
+                        const at::Tensor& lengths, int64_t slot_stride, int64_t head_stride, double eps) {
+  TORCH_CHECK(spec.size() == kLayerInts + 4 * kLinearInts && params.size() == kLayerTensors + 4 * kLinearTensors, "decode_layer: spec or params of the wrong length");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "decode_layer: x must be contiguous fp32 (rows, hidden)");
+  const int64_t style = spec[0], H = spec[1], KV = spec[2], D = spec[3], R = x.size(0), hidden = x.size(1);
+  TORCH_CHECK(style >= 0 && style <= 2 && KV >= 1 && H % KV == 0 && D % 2 == 0, "decode_layer: bad layer spec");
+  const int64_t G = H / KV, qkv_width = KV * (G + 2) * D;
+  TORCH_CHECK(spec[kLayerInts + 4] == qkv_width && spec[kLayerInts + kLinearInts + 4] == hidden && spec[kLayerInts + 3 * kLinearInts + 4] == hidden,
+              "decode_layer: the linears' widths do not match the heads");
+  TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) == R && cos.size(1) == D && cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+              cos.is_contiguous() && sin.is_contiguous(), "decode_layer: cos and sin must be contiguous fp32 (rows, head size)");
+  TORCH_CHECK(write_slots.dim() == 1 && write_slots.size(0) == R && write_slots.scalar_type() == at::kLong && write_slots.is_contiguous(), "decode_layer: one write slot per row");
+  TORCH_CHECK(keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && keys.sizes() == values.sizes() && keys.is_contiguous() && values.is_contiguous(),
+              "decode_layer: contiguous fp32 keys and values expected");
+  const int64_t* ws = write_slots.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r)
+    TORCH_CHECK(ws[r] >= 0 && ws[r] * slot_stride + (KV - 1) * head_stride + D <= keys.numel(), "decode_layer: a write slot is outside the cache");
+  const int64_t* lin = spec.data() + kLayerInts;
+  auto linear = [&](const at::Tensor& in, int i) { return layer_linear(in, params.slice(kLayerTensors + i * kLinearTensors, kLinearTensors), lin + i * kLinearInts); };
+  auto norm = [&](const at::Tensor& in, int i) { return at::layer_norm(in, {hidden}, params[2 * i], params[2 * i + 1], eps, false); };
+
+  const at::Tensor h = norm(x, 0);
+  const at::Tensor qkv = linear(h, 0);
+  // Rotary on the query heads (into q, (R, H, D)) and the key head of each KV group; keys and values into the cache.
+  auto q = at::empty({R, H, D}, x.options());
+  auto k = at::empty({D}, x.options());
+  const float* qkv_p = qkv.data_ptr<float>();
+  float* q_p = q.data_ptr<float>();
+  float* k_p = k.data_ptr<float>();
+  float* keys_p = keys.data_ptr<float>();
+  float* values_p = values.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r) {
+    const float* c = cos.data_ptr<float>() + r * D;
+    const float* s = sin.data_ptr<float>() + r * D;
+    for (int64_t g = 0; g < KV; ++g) {
+      const float* row = qkv_p + r * qkv_width + g * (G + 2) * D;
+      for (int64_t j = 0; j < G; ++j) rope_head(row + j * D, c, s, D, q_p + (r * H + g * G + j) * D);
+      rope_head(row + G * D, c, s, D, k_p);
+      const int64_t slot = ws[r] * slot_stride + g * head_stride;
+      std::memcpy(keys_p + slot, k_p, D * sizeof(float));
+      std::memcpy(values_p + slot, row + (G + 1) * D, D * sizeof(float));
+    }
+  }
+  const at::Tensor att = decode_attention(q, keys, values, read_slots, lengths, std::pow(static_cast<double>(D), -0.5), KV, slot_stride, head_stride);
+  const at::Tensor attn = linear(att.view({R, H * D}), 1);
+  if (style == 2) {  // sequential: x + attn, then the MLP off the second LayerNorm of that
+    const at::Tensor x1 = at::add(x, attn);
+    return at::add(x1, linear(at::gelu(linear(norm(x1, 1), 2)), 3));
+  }
+  const at::Tensor mlp = linear(at::gelu(linear(style == 1 ? norm(x, 1) : h, 2)), 3);
+  // x + (mlp + attn): two roundings in that order, as the Python forward adds them.
+  auto out = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* mp = mlp.data_ptr<float>();
+  const float* ap = attn.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t i = 0; i < R * hidden; ++i) {
+    const float branch = mp[i] + ap[i];
+    op[i] = xp[i] + branch;
+  }
+  return out;
+}
+
 bool has_vnni() {
 #ifdef FALCONLM_VNNI
   return true;
@@ -986,5 +1078,6 @@ TORCH_LIBRARY(falconlm_quant, m) {
   m.def("row_argmax(Tensor scores) -> Tensor", row_argmax);
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor", rope);
   m.def("columns_reaching(Tensor scores, Tensor thresholds) -> Tensor", columns_reaching);
+  m.def("decode_layer(Tensor x, Tensor[] params, int[] spec, Tensor cos, Tensor sin, Tensor keys, Tensor values, Tensor write_slots, Tensor read_slots, Tensor lengths, int slot_stride, int head_stride, float eps) -> Tensor", decode_layer);
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor lengths, float scale, int kv_heads, int slot_stride, int head_stride) -> Tensor", decode_attention);
 }

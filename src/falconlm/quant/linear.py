@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from falconlm.errors import FalconError
-from falconlm.model.linear import linear
+from falconlm.model.linear import NO_TENSOR, linear
 from falconlm.quant import kernels
 from falconlm.quant.spec import QuantSpec
 
@@ -167,6 +167,15 @@ class QuantLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
+
+    def kernel_plan(self, x2d: torch.Tensor) -> tuple[list[torch.Tensor], list[int]] | None:
+        """How `forward(x2d)` runs when it is one qa8_mm call (the fused decode layer then makes it): its tensors and integers, else None."""
+        if x2d.device.type != "cpu" or x2d.dtype != torch.float32 or self.perm is not None or not self._kernel_ok():
+            return None
+        if self.bias is not None and self.bias.dtype != torch.float32:
+            return None
+        bias = NO_TENSOR if self.bias is None else self.bias
+        return [self.q, self.scale_t, self.zero_t, bias], [1, self.bits, self.group, self.act_group, self.out_features, self.uniform_zero, int(self.bias is not None)]
 
     def _cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_ok():
