@@ -86,6 +86,13 @@ def _compiled_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> boo
     return kernels.f32_available()
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU: for fp32 CPU inference falconlm's kernel (torch's vector formula for every value, the one the compiled decode layer runs), else torch's."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad) and type(x) is torch.Tensor and not torch.compiler.is_compiling() and kernels.f32_available():
+        return torch.ops.falconlm_quant.gelu(x)
+    return F.gelu(x)
+
+
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """ALiBi slopes (BLOOM / Press et al.), including head counts that are not a power of two."""
     closest = 2 ** math.floor(math.log2(num_heads))
@@ -187,7 +194,7 @@ class FalconMLP(nn.Module):
         self.dense_4h_to_h = FalconLinear(config.ffn_hidden_size, config.hidden_size, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))
+        return self.dense_4h_to_h(gelu(self.dense_h_to_4h(x)))
 
 
 class FalconDecoderLayer(nn.Module):
