@@ -87,7 +87,7 @@ def _compiled_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> boo
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU: for fp32 CPU inference falconlm's kernel (torch's vector formula for every value, the one the compiled decode layer runs), else torch's."""
+    """Exact (erf) GELU: for fp32 CPU inference falconlm's kernel (the one the compiled decode layer runs: within 4.7e-7 of float64, batch invariant), else torch's."""
     if x.device.type == "cpu" and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad) and type(x) is torch.Tensor and not torch.compiler.is_compiling() and kernels.f32_available():
         return torch.ops.falconlm_quant.gelu(x)
     return F.gelu(x)
