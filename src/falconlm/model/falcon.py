@@ -291,7 +291,7 @@ class _ForwardContext:
 
     def __init__(self) -> None:
         self.cos = self.sin = self.mask = self.cache = self.slots = self.paged = self.in_place = None
-        # Decode rows only, attending in place: (the cache, its keys, values, write slots, read slots, lengths, slot stride, head stride) for decode_layer.
+        # Decode rows only, attending in place (so RoPE): (the cache, write slots, read slots, lengths, slot stride, head stride) for decode_layer.
         self.fused: tuple | None = None
         self.causal_only = False
 
@@ -391,7 +391,7 @@ class FalconForCausalLM(nn.Module):
         if not fused_decode or x.dtype != torch.float32 or torch.is_grad_enabled():
             return None
         x2d = x.reshape(-1, x.shape[-1])
-        cache, keys, values, write, read, lengths, slot_stride, head_stride = ctx.fused
+        cache, write, read, lengths, slot_stride, head_stride = ctx.fused
         few_rows = x2d.shape[0] <= SMALL_ROWS  # the one thing about the rows a plan depends on (fp32 linears' kernel)
         plans = cache.decode_plans.get(few_rows)
         if plans is None:
@@ -402,7 +402,7 @@ class FalconForCausalLM(nn.Module):
         cos, sin = ctx.cos.reshape(-1, d), ctx.sin.reshape(-1, d)
         step = torch.ops.falconlm_quant.decode_layer
         for i, (tensors, ints) in enumerate(plans):
-            x2d = step(x2d, tensors, ints, cos, sin, keys[i], values[i], write, read, lengths, slot_stride, head_stride, eps)
+            x2d = step(x2d, tensors, ints, cos, sin, cache.keys[i], cache.values[i], write, read, lengths, slot_stride, head_stride, eps)
         return x2d.view(x.shape)
 
     def forward_context(
@@ -438,8 +438,8 @@ class FalconForCausalLM(nn.Module):
             # Row b's slot s is b * kv * max_length + s in the (B, kv, max_length, D) cache; every slot so far is valid.
             rows = torch.arange(b, device=device)[:, None] * (cache.keys.shape[2] * cache.max_length)
             ctx.in_place = (rows + torch.arange(past + 1, device=device)[None, :], torch.full((b,), past + 1, dtype=torch.long, device=device))
-            if self.config.rotary:  # the new token of row b goes to slot past of each of its KV heads
-                ctx.fused = (cache, cache.keys, cache.values, rows[:, 0] + past, *ctx.in_place, self.config.head_dim, cache.max_length * self.config.head_dim)
+            # The new token of row b goes to slot past of each of its KV heads.
+            ctx.fused = (cache, rows[:, 0] + past, *ctx.in_place, self.config.head_dim, cache.max_length * self.config.head_dim)
         # Masks: the fast causal path when nothing is padded and nothing is cached.
         if self.config.rotary and all_valid and past == 0 and t > 1:
             ctx.causal_only = True
@@ -486,9 +486,9 @@ class FalconForCausalLM(nn.Module):
         """
         ctx = _ForwardContext()
         ctx.paged = PagedAttention(self.config, cache, layout, self.dtype, self.alibi_heads)
-        if ctx.paged.in_place and self.config.rotary and not layout.chunks and layout.decode_rows == input_ids.shape[1]:
+        if ctx.paged.in_place and not layout.chunks and layout.decode_rows == input_ids.shape[1]:
             kv, d = cache.keys.shape[2], self.config.head_dim
-            ctx.fused = (cache, cache.keys, cache.values, layout.slots.contiguous(), layout.decode_keys.contiguous(), layout.decode_lengths.contiguous(), kv * d, d)
+            ctx.fused = (cache, layout.slots.contiguous(), layout.decode_keys.contiguous(), layout.decode_lengths.contiguous(), kv * d, d)
         if self.config.rotary:
             if _rope_kind(self.config) == "dynamic":  # the base depends on the longest position: each sequence its own, as alone
                 tables = [rope_cos_sin(self.config, position_ids[:, off : off + n], self.dtype) for off, n in layout.parts()]

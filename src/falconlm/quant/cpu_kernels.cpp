@@ -1001,7 +1001,7 @@ inline __m512 gelu16(__m512 x) {
 }
 #endif
 
-// GELU of n values in place, every value by the vector formula, so a value's result never depends on
+// GELU of n values (y may be x), every value by the vector formula, so a value's result never depends on
 // the tensor's size or the threads (torch's kernel takes a scalar erf for what is left after its
 // vector steps, which depends on how it split the tensor). Why a kernel: in a decode step, between two
 // weight-streaming matmuls, torch's gelu of one 3,072-value row took 40-55 us (9.6 us alone).
@@ -1044,7 +1044,7 @@ at::Tensor layer_linear(const at::Tensor& x, at::TensorList params, const int64_
 // One Falcon decoder layer for R decode rows (one new token each), the same operations in the same
 // order as the model's Python forward (FalconDecoderLayer with in-place attention), so the same
 // bits: a decode step's per-op Python and dispatch cost (about 2.5 ms of a 7 ms batch-1 int4 token
-// on 2 cores) is gone, and the step is the kernels and two ATen ops per layer (layer_norm, gelu).
+// on 2 cores) is gone, and the step is the kernels and ATen's layer_norm and adds.
 //   x (R, hidden) fp32; spec: style (0 parallel, 1 parallel with two LayerNorms, 2 sequential),
 //   heads, KV heads, head size, then kLinearInts per linear (query_key_value, dense, dense_h_to_4h,
 //   dense_4h_to_h); params: LayerNorm weight, bias (the attention's), the second LayerNorm's (or
@@ -1097,26 +1097,17 @@ at::Tensor decode_layer(const at::Tensor& x, at::TensorList params, at::IntArray
   }
   const at::Tensor att = decode_attention(q, keys, values, read_slots, lengths, std::pow(static_cast<double>(D), -0.5), KV, slot_stride, head_stride);
   const at::Tensor attn = linear(att.view({R, H * D}), 1);
+  auto mlp = [&](const at::Tensor& in) {
+    at::Tensor up = linear(in, 2);
+    gelu_parallel(up.data_ptr<float>(), up.data_ptr<float>(), up.numel());
+    return linear(up, 3);
+  };
   if (style == 2) {  // sequential: x + attn, then the MLP off the second LayerNorm of that
     const at::Tensor x1 = at::add(x, attn);
-    at::Tensor up = linear(norm(x1, 1), 2);
-    gelu_parallel(up.data_ptr<float>(), up.data_ptr<float>(), up.numel());
-    return at::add(x1, linear(up, 3));
+    return at::add(x1, mlp(norm(x1, 1)));
   }
-  at::Tensor up = linear(style == 1 ? norm(x, 1) : h, 2);
-  gelu_parallel(up.data_ptr<float>(), up.data_ptr<float>(), up.numel());
-  const at::Tensor mlp = linear(up, 3);
-  // x + (mlp + attn): two roundings in that order, as the Python forward adds them.
-  auto out = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  const float* mp = mlp.data_ptr<float>();
-  const float* ap = attn.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  for (int64_t i = 0; i < R * hidden; ++i) {
-    const float branch = mp[i] + ap[i];
-    op[i] = xp[i] + branch;
-  }
-  return out;
+  // x + (mlp + attn), in that order, as the Python forward adds them.
+  return at::add(x, at::add(mlp(style == 1 ? norm(x, 1) : h), attn));
 }
 
 bool has_vnni() {
